@@ -1,0 +1,150 @@
+"""The reference file: everything a calibration decided, as plain integrity-checked JSON.
+
+No pickle: centroids are JSON numbers (a float32 written through float64 reads back bit-exact). A sha256 over
+the canonical payload catches damage; format, version, geometry and weights are checked before any use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from calibration.labelling import PatchLabeller
+from models.errors import BonestreamError
+from models.preprocess import Geometry
+from pipeline.publish.files import write_json_atomic
+
+FORMAT = "bonestream-reference"
+VERSION = 1
+
+
+class ReferenceError(BonestreamError):
+    """A reference file that is missing, damaged, from another version, or does not fit the run."""
+
+
+def _canonical(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _nan_to_none(table: np.ndarray) -> list:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in table.tolist()]
+
+
+@dataclass
+class Reference:
+    """Calibrated centroids and bone votes, with the geometry and model identity they are only valid for."""
+
+    geometry: Geometry
+    weights: dict[str, Any]  # WeightsIdentity.to_dict()
+    centroids: np.ndarray  # k x 384 float32
+    foreground: tuple[int, ...]
+    votes: list[int]
+    required_votes: int
+    mean_saliency: np.ndarray  # frames x k, NaN where absent
+    cluster_sizes: list[int]
+    distance_stats: list[dict[str, float]]  # per cluster: squared-distance percentiles of its members
+    settings: dict[str, Any]
+    frames: list[str]  # names of the reference frames, in order
+    calibration_labels: np.ndarray  # frames x h x w cluster ids
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def weights_label(self) -> str:
+        return str(self.weights.get("label"))
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights.get("kind") == "random"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "geometry": self.geometry.to_dict(),
+            "weights": dict(self.weights),
+            "centroids": [[float(v) for v in row] for row in self.centroids.astype(np.float32)],
+            "foreground": [int(c) for c in self.foreground],
+            "votes": [int(v) for v in self.votes],
+            "required_votes": int(self.required_votes),
+            "mean_saliency": _nan_to_none(self.mean_saliency),
+            "cluster_sizes": [int(v) for v in self.cluster_sizes],
+            "distance_stats": self.distance_stats,
+            "settings": self.settings,
+            "frames": list(self.frames),
+            "calibration_labels": self.calibration_labels.astype(int).tolist(),
+            "versions": self.versions,
+        }
+
+    @property
+    def id(self) -> str:
+        """Short content hash naming this calibration in messages and reports."""
+        return hashlib.sha256(_canonical(self.payload())).hexdigest()[:16]
+
+    def labeller(self) -> PatchLabeller:
+        fg = torch.zeros(self.k, dtype=torch.bool)
+        fg[list(self.foreground)] = True
+        return PatchLabeller(torch.from_numpy(self.centroids.astype(np.float32)), fg)
+
+    def save(self, path: str | Path) -> None:
+        payload = self.payload()
+        write_json_atomic(
+            Path(path),
+            {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(_canonical(payload)).hexdigest(), "payload": payload},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Reference":
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise ReferenceError(f"{path}: reference file not found (make one with `bonestream calibrate`)") from None
+        except (OSError, ValueError) as exc:
+            raise ReferenceError(f"{path}: not a readable reference file ({exc.__class__.__name__}: {exc}); it may be truncated") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ReferenceError(f"{path}: not a bonestream reference file (field 'format' is {doc.get('format') if isinstance(doc, dict) else None!r})")
+        if doc.get("version") != VERSION:
+            raise ReferenceError(f"{path}: reference format version {doc.get('version')!r}, this bonestream reads version {VERSION}; recalibrate")
+        payload = doc.get("payload")
+        if not isinstance(payload, dict) or hashlib.sha256(_canonical(payload)).hexdigest() != doc.get("sha256"):
+            raise ReferenceError(f"{path}: integrity check failed (sha256 of the payload does not match); the file is damaged or was edited")
+        try:
+            centroids = np.asarray(payload["centroids"], dtype=np.float32)
+            saliency = np.asarray([[np.nan if v is None else v for v in row] for row in payload["mean_saliency"]], dtype=np.float64)
+            ref = cls(
+                geometry=Geometry.from_dict(payload["geometry"]),
+                weights=dict(payload["weights"]),
+                centroids=centroids,
+                foreground=tuple(int(c) for c in payload["foreground"]),
+                votes=list(payload["votes"]),
+                required_votes=int(payload["required_votes"]),
+                mean_saliency=saliency.reshape(len(payload["frames"]), centroids.shape[0]),
+                cluster_sizes=list(payload["cluster_sizes"]),
+                distance_stats=list(payload["distance_stats"]),
+                settings=dict(payload["settings"]),
+                frames=list(payload["frames"]),
+                calibration_labels=np.asarray(payload["calibration_labels"], dtype=np.int64),
+                versions=dict(payload.get("versions", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReferenceError(f"{path}: reference payload is malformed ({exc.__class__.__name__}: {exc})") from None
+        if centroids.ndim != 2 or any(not 0 <= c < ref.k for c in ref.foreground):
+            raise ReferenceError(f"{path}: centroids {centroids.shape} and foreground ids {ref.foreground} are inconsistent")
+        return ref
+
+    def check_weights(self, weights_label: str, where: str = "reference") -> None:
+        """Keys from other weights live in another space: refuse to label them with these centroids."""
+        if weights_label != self.weights_label:
+            raise ReferenceError(
+                f"{where}: calibrated with weights {self.weights_label} but the model has {weights_label}; "
+                "recalibrate or pass the matching --weights"
+            )

@@ -1,0 +1,199 @@
+"""Preprocessing geometry: the single definition of how a source frame becomes model input and back.
+
+Calibration stores a ``Geometry`` in the reference file and the runtime uses that same object, so crop,
+resize, grid and the mapping of patch labels back onto the full frame can never drift apart. Keys of the
+last block carry positional signal: a different grid or resampling would move every descriptor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from models.errors import FrameError
+from models.vit import grid_size
+from models.weights import PATCH
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESAMPLING = {
+    "lanczos": cv2.INTER_LANCZOS4,  # the original extractor resizes with Lanczos
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+}
+
+
+def to_gray(image: np.ndarray, where: str = "frame") -> np.ndarray:
+    """B-mode content as one uint8 channel: gray as is, RGB/RGBA by luma (grabbers deliver colour frames)."""
+    if image.dtype != np.uint8:
+        raise FrameError(f"{where}: pixel type {image.dtype} is not 8-bit; convert it at the source")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        code = cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY
+        return cv2.cvtColor(np.ascontiguousarray(image), code)
+    raise FrameError(f"{where}: shape {image.shape} is neither gray (H x W) nor RGB/RGBA (H x W x 3|4)")
+
+
+def detect_roi(images: Iterable[np.ndarray], threshold: float = 12.0, min_fill: float = 0.02) -> tuple[int, int, int, int]:
+    """Bounding box (top, left, height, width) of the imaging area: rows and columns that are not black margin.
+
+    A heuristic for frames with black borders; scanner UI inside the box must be cropped with an explicit ROI.
+    """
+    mean = None
+    count = 0
+    for image in images:
+        gray = to_gray(image).astype(np.float32)
+        mean = gray if mean is None else mean + gray
+        count += 1
+    if mean is None:
+        raise FrameError("cannot detect a region of interest without frames")
+    bright = (mean / count) > threshold
+    rows = np.flatnonzero(bright.mean(axis=1) > min_fill)
+    cols = np.flatnonzero(bright.mean(axis=0) > min_fill)
+    if rows.size == 0 or cols.size == 0:
+        return 0, 0, mean.shape[0], mean.shape[1]
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def fit_input_size(roi_size: tuple[int, int], short_side: int, patch: int = PATCH) -> tuple[int, int]:
+    """Model input (height, width) with the ROI's aspect ratio, short side as given, sides multiples of the patch."""
+    h, w = roi_size
+    scale = short_side / min(h, w)
+    return tuple(max(patch, int(round(side * scale / patch)) * patch) for side in (h, w))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Frame size, crop box, model input size, stride and normalisation: everything between pixels and keys."""
+
+    frame_size: tuple[int, int]
+    roi: tuple[int, int, int, int]
+    input_size: tuple[int, int]
+    stride: int = PATCH
+    resampling: str = "lanczos"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    patch: int = field(default=PATCH)
+
+    def __post_init__(self) -> None:
+        fh, fw = self.frame_size
+        top, left, rh, rw = self.roi
+        if min(fh, fw, rh, rw) <= 0 or top < 0 or left < 0 or top + rh > fh or left + rw > fw:
+            raise FrameError(f"geometry: roi {self.roi} (top, left, height, width) does not fit frame {fh}x{fw}")
+        if self.resampling not in RESAMPLING:
+            raise FrameError(f"geometry: resampling {self.resampling!r} is not one of {sorted(RESAMPLING)}")
+        try:
+            grid_size(*self.input_size, self.stride, self.patch)
+        except ValueError as exc:
+            raise FrameError(f"geometry: {exc}") from None
+
+    @classmethod
+    def fit(
+        cls,
+        frame_size: tuple[int, int],
+        roi: tuple[int, int, int, int] | None = None,
+        short_side: int = 224,
+        input_size: tuple[int, int] | None = None,
+        stride: int = PATCH,
+        resampling: str = "lanczos",
+    ) -> "Geometry":
+        roi = roi or (0, 0, frame_size[0], frame_size[1])
+        size = input_size or fit_input_size((roi[2], roi[3]), short_side)
+        return cls(frame_size=tuple(frame_size), roi=tuple(roi), input_size=tuple(size), stride=stride, resampling=resampling)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return grid_size(*self.input_size, self.stride, self.patch)
+
+    def check_frame(self, image: np.ndarray, where: str = "frame") -> None:
+        if image.shape[:2] != tuple(self.frame_size):
+            raise FrameError(
+                f"{where}: size {image.shape[1]}x{image.shape[0]} (w x h) differs from the calibrated "
+                f"{self.frame_size[1]}x{self.frame_size[0]}; recalibrate for this source or fix the capture"
+            )
+
+    def crop(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
+        """The ROI of a frame, as uint8 gray."""
+        self.check_frame(image, where)
+        top, left, h, w = self.roi
+        return to_gray(image, where)[top : top + h, left : left + w]
+
+    def preprocess(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
+        """3 x H x W float32, ImageNet-normalised; gray is replicated to the three channels."""
+        roi = self.crop(image, where)
+        h, w = self.input_size
+        resized = cv2.resize(roi, (w, h), interpolation=RESAMPLING[self.resampling]).astype(np.float32) / 255.0
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        return (resized[None] - mean) / std
+
+    def preprocess_batch(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+        names = names or [f"frame {i}" for i in range(len(images))]
+        return np.stack([self.preprocess(image, name) for image, name in zip(images, names)])
+
+    def _nearest_patch(self, roi_len: int, input_len: int, grid_len: int) -> np.ndarray:
+        # Centre of ROI pixel i in model-input pixels, then the patch whose centre (j*stride + (patch-1)/2) is nearest.
+        centres = (np.arange(roi_len) + 0.5) * (input_len / roi_len) - 0.5
+        index = np.rint((centres - (self.patch - 1) / 2) / self.stride).astype(np.int64)
+        return np.clip(index, 0, grid_len - 1)
+
+    @cached_property
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        _, _, rh, rw = self.roi
+        gh, gw = self.grid
+        return self._nearest_patch(rh, self.input_size[0], gh), self._nearest_patch(rw, self.input_size[1], gw)
+
+    def patch_to_roi(self, patch_map: np.ndarray) -> np.ndarray:
+        """Patch-grid map -> ROI resolution, each pixel taking its nearest patch centre."""
+        if patch_map.shape[:2] != self.grid:
+            raise FrameError(f"patch map {patch_map.shape[:2]} does not match the geometry's grid {self.grid}")
+        rows, cols = self._lookup
+        return patch_map[rows[:, None], cols[None, :]]
+
+    def patch_to_frame(self, patch_map: np.ndarray, fill: Any = 0) -> np.ndarray:
+        """Patch-grid map -> full frame resolution, ``fill`` outside the ROI."""
+        out = np.full(tuple(self.frame_size) + patch_map.shape[2:], fill, dtype=patch_map.dtype)
+        top, left, h, w = self.roi
+        out[top : top + h, left : left + w] = self.patch_to_roi(patch_map)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Geometry":
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except TypeError as exc:
+            raise FrameError(f"geometry: {exc}") from None
+
+
+def parse_roi(text: str, frames: Sequence[np.ndarray]) -> tuple[int, int, int, int]:
+    """``auto`` (detect the imaging area), ``full`` or ``top,left,height,width`` in frame pixels."""
+    if text == "auto":
+        return detect_roi(frames)
+    if text == "full":
+        h, w = frames[0].shape[:2]
+        return 0, 0, h, w
+    try:
+        top, left, height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise FrameError(f"--roi {text!r}: expected auto, full or top,left,height,width") from None
+    return top, left, height, width
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` model input size."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FrameError(f"input size {text!r}: expected HEIGHTxWIDTH, e.g. 224x264") from None
+    return h, w

@@ -1,0 +1,47 @@
+"""``bonestream`` command line: one module per subcommand under pipeline/commands, imported on use."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from models.errors import BonestreamError
+
+# name -> one-line help; pipeline.commands.<name> provides add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "calibrate": "fit centroids and bone votes on reference frames, write a reference file",
+    "segment": "label every frame of images, folders or videos: masks, overlays, summary.json",
+    "evaluate": "Dice and IoU of predicted masks against ground truth masks",
+    "demo": "calibrate on the bundled synthetic phantom and write an overlay video (works offline)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bonestream", description="Zero-shot bone overlay for B-mode ultrasound (DINO ViT-S/8).")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(module=f"pipeline.commands.{name}")
+        importlib.import_module(f"pipeline.commands.{name}").add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except BonestreamError as exc:
+        if args.debug:
+            raise
+        print(f"bonestream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bonestream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""bonestream segment SOURCE... --reference REF --out DIR"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
+from pipeline.offline import segment_sources
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, globs, videos or phantom[:N]")
+    p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
+    p.add_argument("--out", required=True, help="output folder: masks/, overlays, summary.json")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--no-overlay", dest="overlay", action="store_false", help="masks and summary only")
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    seg = load_segmenter(args)
+    announce_weights(seg.weights.label, seg.weights.warning)
+    summary = segment_sources(seg, args.sources, args.out, batch_size=args.batch_size, overlay=args.overlay, progress=args.progress)
+    print(f"wrote {summary}")
+    return 0

@@ -1,0 +1,154 @@
+"""Offline jobs: calibrate on reference frames, segment whole recordings into masks, overlays and a summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from calibration.calibrate import CalibrationSettings, calibrate
+from calibration.reference import Reference
+from models.errors import BonestreamError
+from models.preprocess import Geometry, parse_roi
+from models.vit import DinoViT
+from models.weights import WeightsIdentity
+from pipeline.capture.frame import Frame, Source
+from pipeline.capture.open import open_sources, sample_frames
+from pipeline.capture.images import ImageSource
+from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
+from pipeline.segment.overlay import draw_overlay
+from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.stats import summarize
+
+
+@dataclass(frozen=True)
+class GeometryOptions:
+    """How to derive the geometry from the reference frames (the result is stored in the reference)."""
+
+    roi: str = "auto"
+    short_side: int = 224
+    input_size: tuple[int, int] | None = None
+    stride: int = 8
+    resampling: str = "lanczos"
+
+    def build(self, frames: Sequence[Frame]) -> Geometry:
+        sizes = {f.image.shape[:2] for f in frames}
+        if len(sizes) != 1:
+            detail = ", ".join(f"{f.name}: {f.image.shape[1]}x{f.image.shape[0]}" for f in frames[:6])
+            raise BonestreamError(f"reference frames differ in size ({detail}); calibrate one geometry at a time")
+        images = [f.image for f in frames]
+        return Geometry.fit(
+            sizes.pop(), parse_roi(self.roi, images), self.short_side, self.input_size, self.stride, self.resampling
+        )
+
+
+def calibrate_sources(
+    specs: Sequence[str],
+    model: DinoViT,
+    weights: WeightsIdentity,
+    *,
+    count: int | None,
+    geometry: GeometryOptions = GeometryOptions(),
+    settings: CalibrationSettings = CalibrationSettings(),
+    progress: bool = True,
+    device: str = "cpu",
+) -> Reference:
+    """Pick ``count`` frames evenly over each source (all images when None) and calibrate on them."""
+    frames = sample_frames(open_sources(specs), count)
+    geo = geometry.build(frames)
+    return calibrate(model, weights, geo, [f.image for f in frames], [f.name for f in frames], settings, progress=progress, device=device)
+
+
+def batched(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    it = iter(frames)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+@dataclass
+class SegmentRun:
+    """What ``segment_sources`` wrote, frame by frame, for summary.json."""
+
+    out_dir: Path
+    frames: list[dict] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)
+
+
+def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batch_size: int, overlay: bool, progress: bool) -> None:
+    masks_dir = run.out_dir / "masks"
+    stamp = seg.weights.warning and "RANDOM WEIGHTS - plumbing only, not bone"
+    writer = None
+    if overlay and not isinstance(source, ImageSource):  # streams get an overlay video, image sets overlay PNGs
+        path = run.out_dir / f"{source.stem}_overlay.mp4"
+        writer = VideoWriter(path, source.fps or 20.0)
+        run.overlays.append(str(path))
+    elif overlay:
+        (run.out_dir / "overlays").mkdir(exist_ok=True)
+    n = 0
+    try:
+        with tqdm(total=source.count, desc=source.stem, unit="frame", disable=not progress) as bar:
+            for batch in batched(source, batch_size):
+                t0 = time.perf_counter()
+                predictions = seg.predict([f.image for f in batch], [f"{source.name} frame {f.id}" for f in batch])
+                for frame, pred in zip(batch, predictions):
+                    write_png_atomic(masks_dir / f"{frame.name}.png", pred.mask)
+                    if overlay:
+                        rgb = draw_overlay(frame.image, pred.mask, stamp=stamp)
+                        if writer is not None:
+                            writer.write(rgb)
+                        else:
+                            write_png_atomic(run.out_dir / "overlays" / f"{frame.name}.png", rgb)
+                    run.frames.append(
+                        {
+                            "source": source.name,
+                            "id": frame.id,
+                            "name": frame.name,
+                            "source_ts": frame.source_ts,
+                            "foreground_fraction": pred.foreground_fraction,
+                            "confidence": pred.confidence,
+                            "timings_ms": pred.timings_ms,
+                        }
+                    )
+                run.frames[-1]["batch_ms"] = (time.perf_counter() - t0) * 1e3
+                n += len(batch)
+                bar.update(len(batch))
+    finally:
+        if writer is not None:
+            writer.close()
+    run.sources.append({"source": source.name, "frames": n, "fps": source.fps})
+
+
+def segment_sources(
+    seg: BoneSegmenter, specs: Sequence[str], out_dir: str | Path, *, batch_size: int = 1, overlay: bool = True, progress: bool = True
+) -> Path:
+    """Masks (0/255 PNG at source resolution) for every frame, overlays, and ``summary.json``; returns its path."""
+    run = SegmentRun(Path(out_dir))
+    (run.out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    sources = open_sources(specs)
+    started = time.time()
+    for source in sources:
+        _segment_source(seg, source, run, batch_size=batch_size, overlay=overlay, progress=progress)
+    stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("preprocess", "infer", "postprocess")}
+    summary = {
+        "frames": len(run.frames),
+        "sources": run.sources,
+        "weights": seg.weights.to_dict(),
+        "warning": seg.weights.warning,
+        "reference": {"id": seg.reference.id, "foreground": list(seg.reference.foreground), "k": seg.reference.k},
+        "geometry": seg.geometry.to_dict(),
+        "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
+        "batch_size": batch_size,
+        "wall_s": time.time() - started,
+        "timings_ms": stages,
+        "overlays": run.overlays,
+        "per_frame": run.frames,
+    }
+    path = run.out_dir / "summary.json"
+    write_json_atomic(path, summary)
+    return path
+

@@ -1,0 +1,94 @@
+"""File outputs that are either complete or absent: atomic PNG/JSON writes and a finalising video writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and a rename, so no reader ever sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode())
+
+
+def write_png_atomic(path: str | Path, image: np.ndarray) -> None:
+    """PNG of a gray or RGB image (converted for OpenCV's BGR order)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    write_bytes_atomic(path, data.tobytes())
+
+
+class VideoWriter:
+    """H.264 MP4 (yuv420p) written to a temp name and renamed on close(), so a video at ``path`` is always
+    playable; frames whose size is odd are padded by one black row/column (yuv420p needs even sides)."""
+
+    def __init__(self, path: str | Path, fps: float, *, crf: int = 20) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self._size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if self._size is None:
+            self._size = (h + h % 2, w + w % 2)
+            self._stream.height, self._stream.width = self._size
+        if (h + h % 2, w + w % 2) != self._size:
+            raise ValueError(f"{self.path}: frame size {w}x{h} differs from the video's {self._size[1]}x{self._size[0]}")
+        if (h, w) != self._size:
+            rgb = np.pad(rgb, ((0, self._size[0] - h), (0, self._size[1] - w), (0, 0)))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and publish the file (an empty video is discarded)."""
+        if self._container is None:
+            return
+        try:
+            if self.frames:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+            self._container.close()
+            if self.frames:
+                os.replace(self._tmp, self.path)
+        finally:
+            self._container = None
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
