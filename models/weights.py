@@ -47,6 +47,7 @@ _MLP_DIM = 4 * EMBED_DIM
 PRETRAINED_GRID = 224 // PATCH  # 28: the official pos_embed covers a 28 x 28 grid plus CLS
 _ENV_WEIGHTS = "BONESTREAM_WEIGHTS"
 _ENV_CACHE = "BONESTREAM_CACHE"
+_ENV_URL = "BONESTREAM_WEIGHTS_URL"
 _WRAPPERS = ("teacher", "student", "state_dict", "model")  # preference order: DINO evaluates the teacher
 _PREFIXES = ("module.", "backbone.")
 _MAX_PROBLEMS = 3
@@ -461,14 +462,16 @@ def _resolve_spec(spec: str) -> tuple[dict[str, torch.Tensor], WeightsIdentity]:
     return random_state_dict(seed), ident
 
 
-def resolve_weights(spec: str | None = None, *, allow_download: bool = True, url: str = OFFICIAL_URL,
+def resolve_weights(spec: str | None = None, *, allow_download: bool = True, url: str | None = None,
                     progress: bool = True) -> tuple[dict[str, torch.Tensor], WeightsIdentity]:
     """Weights for the model, from an explicit spec, $BONESTREAM_WEIGHTS, the cache, or a download.
 
     ``spec`` is a checkpoint path, ``random``/``random:SEED``, or None/``official``. Never falls
     back to random weights: if nothing usable is found, WeightsUnavailable says how to supply it.
-    ``url`` only changes where the official file is fetched from; size and sha256 stay official.
+    ``url`` (default $BONESTREAM_WEIGHTS_URL, for an institutional mirror, else the official URL) only
+    changes where the official file is fetched from; size and sha256 stay official.
     """
+    url = url or os.environ.get(_ENV_URL) or OFFICIAL_URL
     spec = spec.strip() if spec is not None else None
     if spec and spec != "official":
         return _resolve_spec(spec)

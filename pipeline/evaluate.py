@@ -76,14 +76,16 @@ class EvaluationReport:
         """Aligned per-image rows (optional), then mean ± std, pooled scores and the notes."""
         width = max([len("image")] + [len(s.name) for s in self.images])
         header = f"{'image':<{width}}  {'dice':>6}  {'iou':>6}  {'pred_px':>9}  {'truth_px':>9}"
-        lines = [header, "-" * len(header)]
-        for s in self.images if per_image else ():
-            empty = "  (both empty)" if s.both_empty else ""
-            lines.append(
-                f"{s.name:<{width}}  {s.dice:6.4f}  {s.iou:6.4f}  {s.pred_pixels:9d}  {s.truth_pixels:9d}{empty}"
-            )
+        lines = []
+        if per_image:
+            lines += [header, "-" * len(header)]
+            for s in self.images:
+                empty = "  (both empty)" if s.both_empty else ""
+                lines.append(
+                    f"{s.name:<{width}}  {s.dice:6.4f}  {s.iou:6.4f}  {s.pred_pixels:9d}  {s.truth_pixels:9d}{empty}"
+                )
+            lines.append("-" * len(header))
         lines += [
-            "-" * len(header),
             f"mean ± std dice  {self.mean_dice:.4f} ± {self.std_dice:.4f}",
             f"mean ± std iou   {self.mean_iou:.4f} ± {self.std_iou:.4f}",
             f"pooled dice      {self.pooled_dice:.4f}",
@@ -93,7 +95,7 @@ class EvaluationReport:
         if self.unmatched_predictions:
             lines.append(f"predictions without truth (ignored): {', '.join(self.unmatched_predictions)}")
         if self.weights is not None:
-            lines.append(f"weights: {json.dumps(self.weights, sort_keys=True)}")
+            lines.append(f"weights: {self.weights.get('label', json.dumps(self.weights, sort_keys=True))}")
         lines += [f"note: {line}" for line in self.note.splitlines()]
         return "\n".join(lines)
 

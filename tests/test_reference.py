@@ -1,0 +1,88 @@
+"""Reference files: exact round trip, and a clear error for every way one can be wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.calibrate import calibrate
+from calibration.clustering import KMeansSettings
+from calibration.calibrate import CalibrationSettings
+from calibration.reference import Reference, ReferenceError
+from models.errors import FrameError
+from models.preprocess import Geometry
+from pipeline.capture.phantom import Phantom, PhantomConfig
+from pipeline.segment.segmenter import BoneSegmenter
+
+
+@pytest.fixture(scope="module")
+def reference(model, random_identity) -> Reference:
+    ph = Phantom(PhantomConfig(height=80, width=96, n_frames=10))
+    images = [ph.frame(i)[0] for i in (0, 5, 9)]
+    geometry = Geometry.fit(images[0].shape, input_size=(40, 48))
+    return calibrate(model, random_identity, geometry, images, ["a", "b", "c"], CalibrationSettings(kmeans=KMeansSettings(sample_interval=2)), progress=False)
+
+
+def test_round_trip_is_exact(reference: Reference, tmp_path: Path) -> None:
+    path = tmp_path / "ref.json"
+    reference.save(path)
+    loaded = Reference.load(path)
+    assert loaded.id == reference.id
+    np.testing.assert_array_equal(loaded.centroids, reference.centroids)  # float32 bit-exact through JSON
+    assert loaded.centroids.dtype == np.float32
+    assert loaded.geometry == reference.geometry and loaded.foreground == reference.foreground
+    np.testing.assert_array_equal(loaded.calibration_labels, reference.calibration_labels)
+    np.testing.assert_array_equal(np.isnan(loaded.mean_saliency), np.isnan(reference.mean_saliency))
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "bonestream-reference" and doc["payload"]["weights"]["kind"] == "random"
+    assert b"pickle" not in path.read_bytes()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def _saved(reference: Reference, tmp_path: Path) -> tuple[Path, dict]:
+    path = tmp_path / "ref.json"
+    reference.save(path)
+    return path, json.loads(path.read_text())
+
+
+def test_tampered_payload_fails_integrity(reference: Reference, tmp_path: Path) -> None:
+    path, doc = _saved(reference, tmp_path)
+    doc["payload"]["foreground"] = [0]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReferenceError, match="integrity check failed"):
+        Reference.load(path)
+
+
+def test_truncated_and_foreign_files(reference: Reference, tmp_path: Path) -> None:
+    path, _ = _saved(reference, tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReferenceError, match="truncated"):
+        Reference.load(path)
+    path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ReferenceError, match="not a bonestream reference"):
+        Reference.load(path)
+    with pytest.raises(ReferenceError, match="not found"):
+        Reference.load(tmp_path / "missing.json")
+
+
+def test_other_version_is_refused(reference: Reference, tmp_path: Path) -> None:
+    path, doc = _saved(reference, tmp_path)
+    doc["version"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReferenceError, match="version 99"):
+        Reference.load(path)
+
+
+def test_other_weights_are_refused(reference: Reference) -> None:
+    with pytest.raises(ReferenceError, match="random:0 but the model has random:1"):
+        BoneSegmenter.create(reference, "random:1", progress=False)
+
+
+def test_frames_of_another_geometry_are_refused(reference: Reference) -> None:
+    seg = BoneSegmenter.create(reference, "random:0", progress=False)
+    with pytest.raises(FrameError, match="clip frame 3: size 100x80"):
+        seg.predict([np.zeros((80, 100), np.uint8)], ["clip frame 3"])
