@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -9,6 +10,8 @@ from typing import Iterator
 import numpy as np
 
 from models.errors import BonestreamError
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(BonestreamError):
@@ -29,6 +32,36 @@ class Frame:
 
 def now_ns() -> int:
     return time.monotonic_ns()
+
+
+_warned_deep: set[str] = set()
+
+
+def to_uint8(
+    image: np.ndarray, where: str, *, bits: int | None = None, window: tuple[float, float] | None = None
+) -> np.ndarray:
+    """8-bit pixels of a deeper integer image, since B-mode is 8-bit in practice and the model sees 8-bit.
+
+    ``window`` (center, width; DICOM linear VOI) maps its range to 0..255 when given, else the full range of
+    ``bits`` stored bits (default: the dtype's). Warns once per ``where``: scaling changes what the model sees.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind not in "ui":
+        raise SourceError(f"{where}: {image.dtype} pixels; bonestream reads integer images")
+    bits = bits or image.dtype.itemsize * 8
+    if window is not None:
+        center, width = window
+        low, span = center - 0.5 - (width - 1) / 2, max(width - 1, 1.0)
+        how = f"window center {center:g} / width {width:g}"
+    else:
+        low = -(2 ** (bits - 1)) if image.dtype.kind == "i" else 0
+        span, how = 2**bits - 1, f"its {bits}-bit stored range"
+    if where not in _warned_deep:
+        _warned_deep.add(where)
+        log.warning("%s: %s-bit pixels scaled to 8-bit by %s (B-mode is 8-bit)", where, bits, how)
+    scaled = (image.astype(np.float32) - np.float32(low)) * np.float32(255.0 / span)
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
 class Source:

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from pipeline.capture.frame import Frame, Source, SourceError, now_ns
+from pipeline.capture.frame import Frame, Source, SourceError, now_ns, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -41,17 +41,25 @@ def expand_images(specs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 gray or RGB pixels of an image file."""
+def read_image(path: Path, where: str | None = None) -> np.ndarray:
+    """uint8 gray, RGB or RGBA pixels of an image file (palette PNGs come expanded by OpenCV); 16-bit images
+    are scaled to 8-bit with one warning per ``where`` (default: the file)."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise SourceError(f"{path}: not a readable image (empty, truncated or not an image format)")
-    if image.dtype != np.uint8:
-        raise SourceError(f"{path}: {image.dtype} pixels; bonestream reads 8-bit B-mode images")
+    if image.dtype == np.uint16:
+        image = to_uint8(image, where or str(path))
+    elif image.dtype != np.uint8:
+        raise SourceError(f"{path}: {image.dtype} pixels; bonestream reads 8- or 16-bit B-mode images")
+    return from_bgr(image)
+
+
+def from_bgr(image: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR / BGRA channel order as the RGB / RGBA that frames carry; gray as is."""
     if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
 
 
@@ -67,5 +75,15 @@ class ImageSource(Source):
         return len(self.paths)
 
     def __iter__(self) -> Iterator[Frame]:
+        first_size: tuple[int, int] | None = None
         for i, path in enumerate(self.paths):
-            yield Frame(i, read_image(path), path.stem, i / self.fps, now_ns())
+            image = read_image(path, self.name)
+            size = (image.shape[1], image.shape[0])
+            if first_size is None:
+                first_size = size
+            elif size != first_size:  # one source, one geometry: the model's grid and the overlays assume it
+                raise SourceError(
+                    f"{path}: {size[0]}x{size[1]} pixels, but {self.paths[0]} is {first_size[0]}x{first_size[1]}; "
+                    "images of one source must share a size"
+                )
+            yield Frame(i, image, path.stem, i / self.fps, now_ns())

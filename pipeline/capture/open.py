@@ -2,46 +2,72 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from pipeline.capture.dicom import DicomSource, is_dicom
 from pipeline.capture.frame import Frame, Source, SourceError
 from pipeline.capture.images import ImageSource
+from pipeline.capture.live import LiveReplay, LiveSource, is_device
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
 from pipeline.capture.video import VIDEO_SUFFIXES, VideoSource
 
 
-def open_source(spec: str | Path, *, fps: float = 20.0) -> Source:
-    """``phantom[:N]``, a video file, an image file, a folder of images or a glob."""
-    text = str(spec)
-    if text == "phantom" or text.startswith("phantom:"):
-        n = text.partition(":")[2] or "200"
+def _is_phantom(spec: str) -> bool:
+    return spec == "phantom" or spec.startswith("phantom:")
+
+
+def _stands_alone(spec: str) -> bool:
+    """Everything but image files, folders and globs: those group into one source."""
+    return _is_phantom(spec) or is_device(spec) or Path(spec).suffix.lower() in VIDEO_SUFFIXES or is_dicom(spec)
+
+
+def _replay(spec: str, fps: float) -> Source:
+    if _is_phantom(spec):
+        n = spec.partition(":")[2] or "200"
         if not n.isdigit() or int(n) < 1:
-            raise SourceError(f"{text}: phantom frame count must be a positive integer")
+            raise SourceError(f"{spec}: phantom frame count must be a positive integer")
         return PhantomSource(PhantomConfig(n_frames=int(n), fps=fps))
-    if Path(text).suffix.lower() in VIDEO_SUFFIXES:
-        return VideoSource(text)
-    return ImageSource([text], fps=fps)
+    if is_dicom(spec):
+        return DicomSource(spec, fps=fps)
+    if Path(spec).suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSource(spec)
+    return ImageSource([spec], fps=fps)
 
 
-def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0) -> list[Source]:
+def _as_live(source: Source, live: bool | None) -> Source:
+    """``live`` None keeps the source's kind; True plays a replay as a device (real time, drops counted)."""
+    if live is False and source.live:
+        raise SourceError(f"{source.name}: a capture device is always live; it cannot be replayed frame by frame")
+    return LiveReplay(source) if live and not source.live else source
+
+
+def open_source(spec: str | Path, *, fps: float = 20.0, live: bool | None = None) -> Source:
+    """``phantom[:N]``, a capture device (V4L2 index, /dev/video*, GStreamer pipeline with "!"), a DICOM file
+    (.dcm / .dicom or the DICM marker), a video file, an image file, a folder of images or a glob. ``fps``
+    paces images and the phantom, and DICOM files that state no frame timing."""
+    text = str(spec)
+    return _as_live(LiveSource(text) if is_device(text) else _replay(text, fps), live)
+
+
+def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool | None = None) -> list[Source]:
     """Consecutive image arguments form one source (so N files calibrate together); others stand alone."""
     sources: list[Source] = []
     images: list[str] = []
-    for spec in specs:
-        s = str(spec)
-        if s.startswith("phantom") or Path(s).suffix.lower() in VIDEO_SUFFIXES:
-            if images:
-                sources.append(ImageSource(images, fps=fps))
-                images = []
-            sources.append(open_source(s, fps=fps))
-        else:
-            images.append(s)
+    for spec in map(str, specs):
+        if not _stands_alone(spec):
+            images.append(spec)
+            continue
+        if images:
+            sources.append(_as_live(ImageSource(images, fps=fps), live))
+            images = []
+        sources.append(open_source(spec, fps=fps, live=live))
     if images:
-        sources.append(ImageSource(images, fps=fps))
+        sources.append(_as_live(ImageSource(images, fps=fps), live))
     return sources
 
 
@@ -55,9 +81,12 @@ STREAM_SAMPLE = 10  # reference frames taken from a video or stream when no coun
 
 def sample_frames(sources: Sequence[Source], count: int | None) -> list[Frame]:
     """``count`` frames evenly spread over each source; without a count, every given image and
-    STREAM_SAMPLE frames of each video or stream."""
+    STREAM_SAMPLE frames of each video or stream. Live sources have no end to spread over: their next frames."""
     picked: list[Frame] = []
     for source in sources:
+        if source.live:
+            picked += itertools.islice(source, count or STREAM_SAMPLE)
+            continue
         total = source.count
         if total is None:  # containers without a frame count: count by decoding once
             total = sum(1 for _ in source)

@@ -14,7 +14,11 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpe
 
 
 class VideoSource(Source):
-    """Decodes frame by frame to 8-bit gray (B-mode is gray; colour overlays from the scanner are dropped)."""
+    """Decodes frame by frame to 8-bit gray (B-mode is gray; colour overlays from the scanner are dropped).
+
+    A frame whose size or pixel format differs from the first, or a stream that ends well short of what its
+    header promises (a truncated file), is a SourceError naming the file and the frame index.
+    """
 
     def __init__(self, path: str | Path, *, threaded: bool = True) -> None:
         self.path = Path(path)
@@ -27,6 +31,9 @@ class VideoSource(Source):
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else None
             self.size = (stream.codec_context.height, stream.codec_context.width)
+            duration_s = container.duration / av.time_base if container.duration else None
+            # Frames the header promises: its count, else duration x rate (containers such as MKV hold no count).
+            self._expected = self._count or (round(duration_s * self.fps) if duration_s and self.fps else None)
 
     def _open(self) -> av.container.InputContainer:
         if not self.path.is_file():
@@ -38,6 +45,11 @@ class VideoSource(Source):
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.path}: has no video stream")
+        if container.streams.video[0].codec_context is None:
+            container.close()
+            raise SourceError(
+                f"{self.path}: no decoder for its video stream (a codec this FFmpeg build lacks, or a damaged header)"
+            )
         return container
 
     @property
@@ -50,11 +62,21 @@ class VideoSource(Source):
             if self.threaded:
                 stream.thread_type = "AUTO"
             index = 0
+            first: tuple[int, int, str] | None = None
             try:
                 for frame in container.decode(stream):
+                    layout = (frame.width, frame.height, frame.format.name)
+                    first = first or layout
+                    if layout != first:  # the model's grid and the overlay writer are fixed at the first frame
+                        raise SourceError(
+                            f"{self.path}: frame {index} is {layout[0]}x{layout[1]} {layout[2]}, but the stream "
+                            f"began {first[0]}x{first[1]} {first[2]}; a mid-stream change is not supported"
+                        )
                     image = frame.to_ndarray(format="gray")
                     ts = float(frame.time) if frame.time is not None else (index / self.fps if self.fps else None)
                     yield Frame(index, np.ascontiguousarray(image), f"{self.path.stem}_{index:06d}", ts, now_ns())
                     index += 1
             except av.FFmpegError as exc:
                 raise SourceError(f"{self.path}: decoding failed at frame {index} ({exc})") from None
+        if self._expected and index < self._expected - 1:  # one frame of slack for duration x rate rounding
+            raise SourceError(f"{self.path}: ended at frame {index} of {self._expected} (truncated file?)")
