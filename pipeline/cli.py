@@ -15,6 +15,12 @@ COMMANDS = {
     "segment": "label every frame of images, folders or videos: masks, overlays, summary.json",
     "evaluate": "Dice and IoU of predicted masks against ground truth masks",
     "demo": "calibrate on the bundled synthetic phantom and write an overlay video (works offline)",
+    "run": "stream: capture -> keys -> labels -> overlays published over ZeroMQ, with a latency report",
+    "view": "watch a published stream: newest overlay with fps, latency and loss counters",
+    "record": "record a published stream: overlay MP4, mask PNGs and every header",
+    "keys": "create a CURVE key pair for encrypted streams",
+    "export": "build inference engines ahead of time, each checked against fp32 torch on the calibration frames",
+    "bench": "latency and throughput of backends x precisions x batch sizes side by side, with plots",
 }
 
 

@@ -87,7 +87,7 @@ class Result:
     overlay: np.ndarray | None = None
     stamps: dict[str, int] = field(default_factory=dict)  # monotonic ns: captured, inferred, labelled, published
     model_ms: float = 0.0
-    error: str | None = None
+    dropped: dict[str, int] | None = None  # live runs: drops per stage so far, sent in the message header
 
 
 class Output(Protocol):
@@ -265,6 +265,8 @@ class Pipeline:
 
     def _publish(self) -> None:
         while (result := self.to_publish.get()) is not _END:
+            if self.live:
+                result.dropped = self.drop_counts()
             result.stamps.setdefault("published", time.monotonic_ns())
             delivered = True
             for output in self.outputs:
@@ -304,15 +306,17 @@ class Pipeline:
             self.summary.wall_s = time.monotonic() - started
         return self.summary
 
+    def drop_counts(self) -> dict[str, int]:
+        """Frames dropped so far: by the capture device/mailbox, then before each stage."""
+        counts = {"capture": int(getattr(self.source, "dropped", 0) or 0)}
+        counts.update({h.name: len(h.dropped) for h in (self.to_infer, self.to_label, self.to_publish)})
+        return counts
+
     def _account_drops(self) -> None:
-        s = self.summary
-        capture_drops = int(getattr(self.source, "dropped", 0) or 0)
-        if capture_drops or self.live:
-            s.dropped["capture"] = capture_drops
-        for h in (self.to_infer, self.to_label, self.to_publish):
-            if self.live or h.dropped:
-                s.dropped[h.name] = len(h.dropped)
-                s.dropped_ids[h.name] = [_frame_id(item) for item in h.dropped]
+        counts = self.drop_counts()
+        if self.live or any(counts.values()):
+            self.summary.dropped = counts
+            self.summary.dropped_ids = {h.name: [_frame_id(i) for i in h.dropped] for h in (self.to_infer, self.to_label, self.to_publish)}
 
 
 def _frame_id(item: Any) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from calibration.reference import Reference, ReferenceError
+from pipeline.infer.graph import DTYPES
+from pipeline.infer.select import CHOICES
 from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
@@ -16,6 +18,15 @@ WEIGHTS_HELP = (
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="SPEC", help=WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument(
+        "--backend", choices=CHOICES, default="torch",
+        help="inference backend for labelling frames (default torch); auto times every backend that runs here, keeps the "
+        "fastest and reports each fallback with its reason",
+    )
+    p.add_argument(
+        "--precision", choices=sorted(DTYPES), default="fp32",
+        help="ViT precision (LayerNorm and labelling stay fp32); check fp16/bf16 engines with `bonestream export` first",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -29,11 +40,15 @@ def weights_for(reference: Reference, requested: str | None) -> str | None:
     return requested
 
 
-def load_segmenter(args: argparse.Namespace, precision: str = "fp32") -> BoneSegmenter:
+def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
+    """The segmenter the options ask for; prints the backend choice and every fallback."""
     reference = Reference.load(args.reference)
-    return BoneSegmenter.create(
-        reference, weights_for(reference, args.weights), device=args.device, precision=precision, progress=args.progress
+    seg = BoneSegmenter.create(
+        reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
+        batch=getattr(args, "batch_size", 1), progress=args.progress,
     )
+    print(seg.selection.describe())
+    return seg
 
 
 def announce_weights(label: str, warning: str | None) -> None:

@@ -13,12 +13,12 @@ BONE_RGB = (255, 190, 0)  # amber: reads well over gray speckle and is not a Dop
 def draw_overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45, stamp: str | None = None, lines: tuple[str, ...] = ()) -> np.ndarray:
     """RGB uint8 frame: bone tinted and outlined, ``stamp`` in red on top, ``lines`` of status text below it."""
     rgb = cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2RGB)
-    bone = mask > 0
+    bone = (mask > 0).astype(np.uint8)
     if bone.any():
-        tint = np.empty_like(rgb)
-        tint[:] = BONE_RGB
-        rgb[bone] = (rgb[bone] * (1 - alpha) + tint[bone] * alpha).astype(np.uint8)
-        contours, _ = cv2.findContours(bone.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        # whole-image blend + masked copy: a few ms at full frame, where boolean indexing took tens
+        blended = cv2.addWeighted(rgb, 1 - alpha, np.full_like(rgb, BONE_RGB), alpha, 0)
+        cv2.copyTo(blended, bone, rgb)
+        contours, _ = cv2.findContours(bone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(rgb, contours, -1, BONE_RGB, 1)
     y = 4
     for text, colour in ([(stamp, (255, 40, 40))] if stamp else []) + [(t, (230, 230, 230)) for t in lines]:

@@ -15,8 +15,10 @@ import numpy as np
 from calibration.reference import Reference
 from models.loader import load_model
 from models.weights import WeightsIdentity
-from pipeline.infer.backend import Backend, TorchBackend
-from pipeline.infer.graph import SegmentationGraph
+from pipeline.infer.backend import Backend
+from pipeline.infer.cache import EngineCache
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.select import BackendSpec, Selection, select_backend
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Prediction:
 
 
 class BoneSegmenter:
+    selection: Selection | None = None  # how create() chose the backend (auto's timings and fallbacks)
+
     def __init__(self, reference: Reference, backend: Backend, weights: WeightsIdentity) -> None:
         reference.check_weights(weights.label)
         self.reference = reference
@@ -54,14 +58,21 @@ class BoneSegmenter:
         *,
         device: str = "cpu",
         precision: str = "fp32",
+        backend: str = "torch",
+        batch: int = 1,
+        cache: EngineCache | None = None,
         allow_download: bool = True,
         progress: bool = True,
     ) -> "BoneSegmenter":
+        """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
+        every fallback reported in ``selection``); ``batch`` is the engines' static batch size."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         model, identity = load_model(weights, allow_download=allow_download, progress=progress)
-        ref.check_weights(identity.label)
-        graph = SegmentationGraph(model, ref.labeller(), ref.geometry.stride)
-        return cls(ref, TorchBackend(graph, device=device, precision=precision), identity)
+        deployment = Deployment.from_reference(model, identity.label, ref)
+        selection = select_backend(BackendSpec(backend, device, precision, batch), deployment, cache)
+        segmenter = cls(ref, selection.backend, identity)
+        segmenter.selection = selection
+        return segmenter
 
     def prepare(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
         return self.geometry.preprocess_batch(images, names)

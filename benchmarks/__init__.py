@@ -1,0 +1,1 @@
+"""Latency and throughput benchmarks of the bonestream backends (``python -m benchmarks.bench``, ``bonestream bench``)."""

@@ -1,0 +1,258 @@
+"""Benchmark backends x precisions x batch sizes side by side on the same frames, with the original method's cost.
+
+    python -m benchmarks.bench [--device cuda] [--backends torch,onnxruntime] [--frames 1000] ...
+    bonestream bench ...        (the same code)
+
+Writes ``<tag>.json``, ``<tag>.md`` and ``<tag>_*.png`` under ``benchmarks/results/<device>/`` and prints the table.
+Defaults depend on the device: on a GPU 1000 frames after 10 warm-up batches per configuration (Holoscan's count)
+and 16 paced streams; on the CPU a CI-sized run (20 frames, 1 warm-up batch, stated in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields, replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python benchmarks/bench.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames  # noqa: E402
+from benchmarks.report import RESULTS, add_ratios, device_info, device_slug, summarize_run, write_results  # noqa: E402
+from benchmarks.runner import Config, Run, memory_in_use_mb, take_turns, warm_up  # noqa: E402
+from benchmarks.streams import StreamLoad, paced_streams  # noqa: E402
+from benchmarks.targets import EQUAL_LABELS, check_targets  # noqa: E402
+from calibration.calibrate import calibrate  # noqa: E402
+from calibration.reference import Reference  # noqa: E402
+from models.loader import load_model  # noqa: E402
+from models.preprocess import Geometry, detect_roi, parse_size  # noqa: E402
+from models.vit import DinoViT  # noqa: E402
+from models.weights import WeightsIdentity  # noqa: E402
+from pipeline.infer.backend import TorchBackend  # noqa: E402
+from pipeline.infer.cache import EngineCache, library_versions  # noqa: E402
+from pipeline.infer.deployment import Deployment  # noqa: E402
+from pipeline.infer.graph import DTYPES, SegmentationGraph  # noqa: E402
+from pipeline.infer.select import BACKENDS, BackendSpec, make_backend  # noqa: E402
+from pipeline.segment.segmenter import BoneSegmenter  # noqa: E402
+from pipeline.stats import summarize  # noqa: E402
+
+ORIGINAL_STRIDE = 4  # the original co-segmentation's overlapping-patch extractor
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One benchmark run. The defaults are the CPU's CI-sized run; ``for_device`` gives the GPU's full one."""
+
+    device: str = "cpu"
+    backends: tuple[str, ...] = ("torch", "onnxruntime")
+    precisions: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1, 4)
+    frames: int = 20  # per configuration
+    warmup: int = 1  # batches per configuration
+    turn: int = 4  # frames per configuration per turn
+    input_size: tuple[int, int] = (224, 224)
+    stride: int = 8
+    weights: str = "random:0"
+    reference: str | None = None  # a reference file; None calibrates on calibration_frames of the clip
+    calibration_frames: int = 4
+    baseline_frames: int = 2  # original method (stride 4), 0 to skip
+    streams: int = 0  # paced streams on the fastest configuration, 0 to skip
+    stream_fps: float = 30.0
+    stream_seconds: float = 4.0
+    clip: Path = SWEEP_CLIP
+    out: Path | None = None  # default benchmarks/results/<device slug>
+    tag: str = "bench"
+    cache_dir: str | None = None
+
+    @classmethod
+    def for_device(cls, device: str) -> "BenchSettings":
+        if torch.device(device).type == "cpu":
+            return cls(device=device)
+        return cls(
+            device=device, backends=BACKENDS, precisions=tuple(DTYPES), batches=(1, 8, 32), frames=1000, warmup=10,
+            turn=250, baseline_frames=100, streams=16,
+        )
+
+
+@dataclass
+class Bench:
+    """What a run builds before measuring: frames, model, reference, and the engines' common source."""
+
+    settings: BenchSettings
+    frames: FrameSet
+    model: DinoViT
+    identity: WeightsIdentity
+    reference: Reference
+    deployment: Deployment
+    cache: EngineCache
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def calibrated_reference(s: BenchSettings, frames: FrameSet, model: DinoViT, identity: WeightsIdentity) -> Reference:
+    if s.reference:
+        return Reference.load(s.reference)
+    picks = np.linspace(0, len(frames.images) - 1, min(s.calibration_frames, len(frames.images))).round().astype(int)
+    images = [frames.images[i] for i in picks]
+    geometry = Geometry.fit(images[0].shape[:2], detect_roi(images), input_size=s.input_size, stride=s.stride)
+    return calibrate(model, identity, geometry, images, [frames.names[i] for i in picks], progress=False, device=s.device)
+
+
+def prepare(s: BenchSettings) -> Bench:
+    frames = load_frames(min(s.frames, 1000), s.clip)
+    model, identity = load_model(s.weights, progress=False)
+    reference = calibrated_reference(s, frames, model, identity)
+    deployment = Deployment.from_reference(model, identity.label, reference)
+    return Bench(s, frames, model, identity, reference, deployment, EngineCache(s.cache_dir))
+
+
+def build_run(bench: Bench, config: Config) -> Run:
+    s = bench.settings
+    before = memory_in_use_mb(s.device)
+    start = time.perf_counter()
+    backend = make_backend(BackendSpec(config.backend, s.device, config.precision, config.batch), bench.deployment, bench.cache)
+    segmenter = BoneSegmenter(bench.reference, backend, bench.identity)
+    warm_up(segmenter, bench.frames, config.batch, s.warmup)
+    return Run(config, segmenter, time.perf_counter() - start, memory_in_use_mb(s.device) - before)
+
+
+def build_runs(bench: Bench) -> list[Run]:
+    """torch fp32 batch 1 first (every other row is compared with it), then every buildable configuration."""
+    s = bench.settings
+    configs = [Config("torch", "fp32", 1)] + [
+        c for c in (Config(*p) for p in product(s.backends, s.precisions, s.batches)) if c != Config("torch", "fp32", 1)
+    ]
+    runs = []
+    for config in configs:
+        try:
+            runs.append(build_run(bench, config))
+            print(f"  built {config.label} in {runs[-1].build_s:.1f} s", flush=True)
+        except Exception as exc:  # a configuration that cannot run here is reported, the others still run
+            bench.skipped.append({"config": config.label, "reason": f"{type(exc).__name__}: {exc}"})
+            print(f"  skipped {config.label}: {bench.skipped[-1]['reason']}", flush=True)
+    return runs
+
+
+def original_cost(bench: Bench) -> dict[str, Any] | None:
+    """fp32 eager at stride 4 (55 x 55 patches at 224): what the original extractor costs per frame, same frames."""
+    s = bench.settings
+    if not s.baseline_frames:
+        return None
+    graph = SegmentationGraph(bench.model, bench.reference.labeller(), ORIGINAL_STRIDE)
+    backend = TorchBackend(graph, s.device, "fp32", 1)
+    geometry = replace(bench.reference.geometry, stride=ORIGINAL_STRIDE)
+    data = [geometry.preprocess(bench.frames.images[i % len(bench.frames.images)]) for i in range(s.baseline_frames)]
+    backend(data[0][None])  # warm-up: specialisation and first-call allocation
+    times = []
+    for x in data:
+        backend(x[None])
+        times.append(backend.last_timings_ms["model_labelling"])
+    return {"input_size": list(geometry.input_size), "stride": ORIGINAL_STRIDE, "grid": list(geometry.grid), "model_ms": summarize(times)}
+
+
+def stream_test(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Paced streams on the fastest configuration with equal labels, its engine rebuilt for a batch of all streams."""
+    s = bench.settings
+    equal = [r for r in rows if (r["label_agreement"] or 0) >= EQUAL_LABELS]
+    if not s.streams or not equal:
+        return None
+    best = min(equal, key=lambda r: r["model_ms_per_frame"])
+    config = Config(best["backend"], best["precision"], s.streams)
+    run = build_run(bench, config)
+    result = paced_streams(run.segmenter, bench.frames, StreamLoad(s.streams, s.stream_fps, s.stream_seconds))
+    return {"backend": config.backend, "precision": config.precision, "batch": config.batch, **result}
+
+
+def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
+    loadavg_start = [round(v, 2) for v in os.getloadavg()]
+    info = device_info(s.device)
+    print(f"preparing: {s.frames} frames per configuration, {s.warmup} warm-up batches, {info}", flush=True)
+    bench = prepare(s)
+    runs = build_runs(bench)
+    take_turns(runs, bench.frames, s.frames, s.turn)
+    baseline = original_cost(bench)
+    rows = [summarize_run(run, runs[0]) for run in runs]
+    add_ratios(rows, rows[0]["model_ms_per_frame"], baseline["model_ms"]["p50"] if baseline else None)
+    doc: dict[str, Any] = {
+        "meta": {
+            "device": info,
+            "device_slug": device_slug(info),
+            "geometry": bench.reference.geometry.to_dict(),
+            "reference": bench.reference.id,
+            "weights": bench.identity.label,
+            "weights_warning": bench.identity.warning,
+            "frames_source": bench.frames.source,
+            "frames": s.frames,
+            "warmup": s.warmup,
+            "turn_frames": s.turn,
+            "versions": library_versions(),
+            "loadavg_start": loadavg_start,
+            "settings": {f.name: str(getattr(s, f.name)) for f in fields(s)},
+        },
+        "decode_ms": summarize(bench.frames.decode_ms),
+        "runs": rows,
+        "baseline": baseline,
+        "skipped": bench.skipped,
+    }
+    doc["streams"] = stream_test(bench, rows)
+    doc["meta"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["targets"] = check_targets(doc)
+    out = s.out or RESULTS / doc["meta"]["device_slug"]
+    return doc, write_results(doc, out, s.tag)
+
+
+def _csv(kind: type) -> Any:
+    return lambda text: tuple(kind(v) for v in text.split(",") if v)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options left unset take the device's defaults (BenchSettings.for_device)."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N] (default: cuda if present)")
+    p.add_argument("--backends", type=_csv(str), help=f"comma list of {','.join(BACKENDS)}")
+    p.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,bf16")
+    p.add_argument("--batch-sizes", dest="batches", type=_csv(int), help="comma list, e.g. 1,8,32")
+    p.add_argument("--frames", type=int, help="frames per configuration (GPU default 1000, CPU 20)")
+    p.add_argument("--warmup", type=int, help="warm-up batches per configuration (GPU 10, CPU 1)")
+    p.add_argument("--turn", type=int, help="frames per configuration per turn (configurations alternate)")
+    p.add_argument("--input-size", type=parse_size, help="model input HxW (default 224x224)")
+    p.add_argument("--stride", type=int, choices=(8, 4))
+    p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
+    p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")
+    p.add_argument("--baseline-frames", type=int, help="frames for the original method's cost (stride 4), 0 to skip")
+    p.add_argument("--streams", type=int, help="paced streams on the fastest configuration (GPU default 16, CPU 0)")
+    p.add_argument("--stream-fps", type=float)
+    p.add_argument("--stream-seconds", type=float)
+    p.add_argument("--clip", type=Path, help=f"video to decode frames from (default {SWEEP_CLIP}; the phantom when absent)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")
+    p.add_argument("--tag", help="file name stem of the results (default bench)")
+    p.add_argument("--cache-dir", help="engine cache folder (default: the user cache's engines/)")
+
+
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    base = BenchSettings.for_device(args.device)
+    given = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if getattr(args, f.name, None) is not None}
+    return replace(base, **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    doc, paths = run_benchmark(settings_from(args))
+    print(paths[1].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

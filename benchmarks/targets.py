@@ -1,0 +1,35 @@
+"""The issue's targets, checked against a benchmark's rows (GPU figures are for an H100 at 224x224, stride 8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+EQUAL_LABELS = 0.99  # label agreement with torch fp32 for a speed-up to count
+
+
+def _target(name: str, wanted: str, measured: float | None, met: bool, unit: str = "") -> dict[str, Any]:
+    shown = "not measured" if measured is None else f"{measured:.2f}{unit}"
+    return {"target": name, "wanted": wanted, "measured": shown, "met": bool(measured is not None and met)}
+
+
+def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [r for r in doc["runs"] if (r["label_agreement"] or 0) >= EQUAL_LABELS]
+    single = [r for r in rows if r["batch"] == 1]
+    if doc["meta"]["device"]["type"] == "cpu":
+        others = [r for r in single if (r["backend"], r["precision"]) != ("torch", "fp32")]
+        best = max((r["speedup_vs_torch_fp32"] for r in others), default=None)
+        return [_target("best CPU backend vs torch eager fp32, batch 1, equal labels", ">= 1.3x", best, best is not None and best >= 1.3, "x")]
+    model_p99 = min((r["stages_ms"]["model_labelling"]["p99"] for r in single), default=None)
+    e2e_p99 = min((r["stages_ms"]["end_to_end"]["p99"] for r in single), default=None)
+    fps = max((r["throughput_fps"] for r in rows), default=None)
+    streams = doc.get("streams")
+    stream_p99 = streams["latency_ms"]["p99"] if streams else None
+    return [
+        _target("model + labelling p99, batch 1", "<= 1.5 ms", model_p99, model_p99 is not None and model_p99 <= 1.5, " ms"),
+        _target("end to end p99, batch 1", "<= 5 ms", e2e_p99, e2e_p99 is not None and e2e_p99 <= 5.0, " ms"),
+        _target("throughput, batched", ">= 1000 frames/s", fps, fps is not None and fps >= 1000, " fps"),
+        _target(
+            f"{streams['streams'] if streams else 16} streams x {streams['fps'] if streams else 30:g} fps, p99", "<= 33 ms",
+            stream_p99, bool(streams) and stream_p99 <= 33.0, " ms",
+        ),
+    ]

@@ -1,0 +1,90 @@
+"""bonestream export SOURCE... --reference REF: build engines ahead of time, each behind the parity gate.
+
+The sources are the ones the reference was calibrated on: its frames are found there by name and every engine's
+keys and labels are compared with fp32 torch on them. A degraded engine is refused with the figures (exit 1),
+and the refusal is recorded so run time refuses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from calibration.reference import Reference
+from models.errors import BonestreamError
+from models.loader import load_model
+from pipeline.capture.open import open_sources
+from pipeline.commands.common import add_model_arguments, announce_weights, weights_for
+from pipeline.infer.backend import BackendUnavailable
+from pipeline.infer.cache import EngineCache
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
+from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
+
+ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="the images, folders or videos the reference was calibrated on")
+    p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
+    p.add_argument("--batch-size", type=int, default=1, help="static batch size of the engines (default 1)")
+    p.add_argument("--cache-dir", default=None, help="engine cache folder (default: the user cache's engines/)")
+    p.add_argument("--min-cosine", type=float, default=ParityThresholds.key_cosine, help="parity: mean key cosine (default 0.99)")
+    p.add_argument("--min-agreement", type=float, default=ParityThresholds.agreement, help="parity: label and mask agreement (default 0.99)")
+    add_model_arguments(p)
+    p.set_defaults(backend="auto")  # export every engine backend that runs on the device unless one is named
+
+
+def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray:
+    """The reference's calibration frames, found by name in ``specs``, preprocessed through its geometry, in its order."""
+    wanted = set(reference.frames)
+    found: dict[str, np.ndarray] = {}
+    for source in open_sources(specs):
+        for frame in source:
+            if frame.name in wanted:
+                found[frame.name] = frame.image
+            if len(found) == len(wanted):
+                break
+    missing = [name for name in reference.frames if name not in found]
+    if missing:
+        raise BonestreamError(
+            f"{len(missing)} of the reference's {len(reference.frames)} calibration frames are not in the sources "
+            f"(first missing: {missing[0]}); pass the sources it was calibrated on"
+        )
+    return reference.geometry.preprocess_batch([found[name] for name in reference.frames], list(reference.frames))
+
+
+def run(args: argparse.Namespace) -> int:
+    reference = Reference.load(args.reference)
+    model, identity = load_model(weights_for(reference, args.weights), progress=args.progress)
+    announce_weights(identity.label, identity.warning)
+    deployment = Deployment.from_reference(model, identity.label, reference)
+    frames = calibration_frames(args.sources, reference)
+    cache = EngineCache(args.cache_dir)
+    thresholds = ParityThresholds(args.min_cosine, args.min_agreement)
+    device_type = torch.device(args.device).type
+    names = [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]] if args.backend == "auto" else [args.backend]
+    refused = built = 0
+    for name in names:
+        spec = BackendSpec(name, args.device, args.precision, args.batch_size)
+        try:
+            engine = make_backend(spec, deployment, cache)
+            keys = make_backend(replace(spec, outputs="keys"), deployment, cache)
+        except BackendUnavailable as exc:
+            if args.backend != "auto":
+                raise
+            print(f"skipped {name}: {exc}")
+            continue
+        result = check_parity(engine, keys, deployment, frames, calibration_labels=reference.calibration_labels, thresholds=thresholds)
+        record_verdict(cache, deployment, engine, result)
+        print(result.describe())
+        built += 1
+        refused += not result.passed
+    if not built:
+        raise BackendUnavailable(f"no engine backend runs on {args.device}")
+    print(f"engines in {cache.root}")
+    return 1 if refused else 0

@@ -1,0 +1,66 @@
+"""bonestream record: save a published stream as overlay video, mask PNGs and headers until stopped.
+
+Ctrl-C (SIGINT) or SIGTERM ends a recording normally: the video is finalised and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.publish.curve import add_client_arguments, client_from_args
+from pipeline.publish.recorder import Recorder, RecordError
+from pipeline.publish.subscriber import LosslessReceiver, Subscriber
+
+POLL_S = 0.2  # how soon a stop signal is noticed
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", metavar="ADDR", help="publisher endpoint (or, with --lossless, the lossless endpoint)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new folder for the recording")
+    p.add_argument(
+        "--lossless", action="store_true",
+        help="ADDR is the pipeline's lossless PUSH endpoint: get every frame, pacing a replay (one recorder per endpoint)",
+    )
+    p.add_argument("--stream", metavar="ID", help="record only this stream_id (default: every stream)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s without a frame (default: wait)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate written into the video (default 30)")
+    add_client_arguments(p)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event instead of raising, so the loop ends between frames and files close cleanly."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    receiver = LosslessReceiver if args.lossless else Subscriber
+    with _stop_on_signals() as stop, receiver(args.address, stream_id=args.stream, curve=client_from_args(args)) as rx, Recorder(args.out, fps=args.fps) as rec:
+        last_frame = time.monotonic()
+        while not stop.is_set() and (args.max_frames is None or rec.frames < args.max_frames):
+            msg = rx.recv(timeout=POLL_S)
+            if msg is not None:
+                rec.write(msg)
+                last_frame = time.monotonic()
+            elif args.timeout is not None and time.monotonic() - last_frame > args.timeout:
+                break
+    if rec.frames == 0:
+        raise RecordError(f"no frames received from {args.address}")
+    print(f"recorded {rec.frames} frames to {args.out}; {rx.counters()}")
+    for stream_id, s in rec.summary()["streams"].items():
+        video = f"{s['video']} ({s['video_frames']} frames)" if s["video"] else "no overlays in this stream: masks only"
+        print(f"  {stream_id}: ids {s['first']}..{s['last']}, {len(s['gaps'])} gaps, video {video}")
+    return 0

@@ -1,0 +1,129 @@
+"""bonestream run SOURCE --reference REF: the streaming pipeline, until the source ends or SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from pipeline.capture.open import open_source
+from pipeline.capture.pacing import paced
+from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
+from pipeline.latency import format_report, latency_report, write_latency_report
+from pipeline.publish.curve import add_server_arguments, server_from_args
+from pipeline.publish.files import write_json_atomic
+from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
+from pipeline.publish.recorder import Recorder
+from pipeline.run import Pipeline, RunConfig
+
+
+def _pace(text: str) -> str | float:
+    if text in ("realtime", "max"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pace {text!r}: realtime, max or frames per second") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="video, DICOM cine, image folder/glob, phantom[:N], or a device (0, /dev/video0, GStreamer pipeline)")
+    p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
+    p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR", help=f"ZeroMQ PUB address (default {DEFAULT_ADDRESS}; loopback unless --insecure or CURVE)")
+    p.add_argument("--no-publish", dest="publish", action="store_const", const=None, help="do not publish over ZeroMQ")
+    p.add_argument("--stream-id", default="us", help="stream name in topics and headers (default us)")
+    p.add_argument("--overlay", choices=("jpeg", "raw", "none"), default="jpeg", help="overlay image in messages (default jpeg)")
+    p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
+    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N", help="wait for N subscribers before the first frame")
+    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers/consumers (default 30)")
+    p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
+    p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
+    p.add_argument("--pace", type=_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
+    p.add_argument("--loop", action="store_true", help="loop a file source (ids keep increasing)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
+    mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
+    p.add_argument("--fps", type=float, default=20.0, help="frame rate of image folders and the phantom (default 20)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--queue-size", type=int, default=2, help="frames held between stages (default 2)")
+    p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")
+    add_server_arguments(p)
+    add_model_arguments(p)
+
+
+def _open(args: argparse.Namespace):
+    source = open_source(args.source, fps=args.fps, live=args.live)
+    if not source.live and (args.pace != "max" or args.loop):
+        source = paced(source, args.pace, loop=args.loop)
+    return source
+
+
+def run(args: argparse.Namespace) -> int:
+    seg = load_segmenter(args)
+    announce_weights(seg.weights.label, seg.weights.warning)
+    source = _open(args)
+    curve = server_from_args(args)
+    with ExitStack() as stack:
+        stack.callback(source.close)
+        outputs = []
+        make = MessageFactory(seg, args.stream_id, overlay_encoding=args.overlay)
+        if args.publish:
+            publisher = Publisher(args.publish, curve=curve, insecure=args.insecure)
+            outputs.append(ZmqOutput(publisher, make))
+            print(f"publishing on {args.publish} (topic bonestream/{args.stream_id}){' with CURVE' if curve else ''}")
+            if args.wait_subscribers and not publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout):
+                print(f"warning: {publisher.subscriptions} of {args.wait_subscribers} subscribers after {args.wait_timeout} s; starting anyway", file=sys.stderr)
+        if args.lossless:
+            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), make))
+            print(f"lossless PUSH on {args.lossless}")
+        if args.record:
+            outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps), make))
+        if args.masks:
+            outputs.append(MaskFiles(args.masks))
+        pipeline = Pipeline(source, seg, outputs, RunConfig(live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, overlay=args.overlay != "none" or bool(args.record)))
+        _stop_on_signals(pipeline)
+        summary = pipeline.run()
+    return _report(args, seg, summary)
+
+
+def _stop_on_signals(pipeline: Pipeline) -> None:
+    """SIGINT/SIGTERM stop reading; what was read is still processed and every output is closed cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: pipeline.stop())
+
+
+def _report(args: argparse.Namespace, seg, summary) -> int:
+    meta = {
+        "source": args.source,
+        "mode": "live" if summary.live else "replay",
+        "pace": args.pace,
+        "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
+        "geometry": seg.geometry.to_dict(),
+        "weights": seg.weights.to_dict(),
+        "reference_id": seg.reference.id,
+        "frames": summary.to_dict(),
+        "recorded_at_unix": time.time(),
+    }
+    report = latency_report(summary.stamps, compute_ms={"model": summary.model_ms}, meta=meta)
+    title = f"{Path(args.source).name}: {seg.backend.name}/{seg.backend.device}, input {seg.geometry.input_size[0]}x{seg.geometry.input_size[1]}"
+    if seg.weights.is_random:
+        title += " (RANDOM WEIGHTS)"
+    json_path, png_path = write_latency_report(report, summary.stamps, args.report, title=title)
+    write_json_atomic(args.report / "run_summary.json", summary.to_dict())
+    for line in summary.lines():
+        print(line)
+    if summary.failed:
+        print("failed frames: " + json.dumps(summary.failed[:10]) + (" ..." if len(summary.failed) > 10 else ""))
+    for err in summary.output_errors[:5]:
+        print(f"output error: {err}", file=sys.stderr)
+    print(format_report(report))
+    print(f"latency report: {json_path} and {png_path}")
+    return 1 if summary.failed or summary.output_errors else 0

@@ -1,0 +1,124 @@
+"""Backends by name, and ``auto``: build every candidate that can run here, time a few calls, keep the fastest.
+
+Nothing falls back silently: ``auto`` reports which backend it chose, how long each candidate took, and every
+candidate it could not use with the reason; an explicitly named backend that cannot run is an error. Engines the
+parity gate refused (``bonestream export``) are refused at selection too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from pipeline.infer.backend import Backend, BackendUnavailable, TorchBackend, require_cuda
+from pipeline.infer.cache import EngineCache
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.onnx_backend import OnnxRuntimeBackend
+from pipeline.infer.parity import recorded_verdict
+from pipeline.infer.tensorrt_backend import TensorRTBackend
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt")
+CHOICES = ("auto", *BACKENDS)
+# auto's candidates, most promising first (ties in the timing go to the earlier one)
+CANDIDATES = {
+    "cpu": ("onnxruntime", "torch"),
+    "cuda": ("tensorrt", "onnxruntime-trt", "onnxruntime", "torch-compile", "torch"),
+}
+TRIALS = 3  # timed calls per candidate after one warm-up call
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend to build: a name (or auto), the device, the ViT's precision, the static batch, what it returns."""
+
+    name: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    outputs: str = "fused"  # or "keys" (for the parity gate)
+
+
+def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None) -> Backend:
+    """One backend by name; raises BackendUnavailable (with the reason) when it cannot run here."""
+    cache = cache or EngineCache()
+    name, device, precision, batch, outputs = spec.name, spec.device, spec.precision, spec.batch, spec.outputs
+    if name in ("torch", "torch-compile"):
+        if torch.device(device).type != "cpu":
+            require_cuda(name, device)
+        return TorchBackend(deployment.graph, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs)
+    if name in ("onnxruntime", "onnxruntime-trt"):
+        return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
+    if name == "tensorrt":
+        return TensorRTBackend(deployment, device, precision, batch, outputs, cache)
+    raise ValueError(f"backend {name!r} is not one of {CHOICES}")
+
+
+def usable_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache) -> Backend:
+    """make_backend, refusing engines the parity gate refused (``bonestream export`` records its verdicts)."""
+    backend = make_backend(spec, deployment, cache)
+    verdict = recorded_verdict(cache, deployment, backend)
+    if verdict is not None and not verdict["passed"]:
+        raise BackendUnavailable(
+            f"{spec.name} {spec.precision}: refused by the parity gate (key cosine {verdict['key_cosine']:.4f}, "
+            f"labels {verdict['label_agreement']:.2%}, mask {verdict['mask_agreement']:.2%}); use another precision or backend"
+        )
+    return backend
+
+
+@dataclass(frozen=True)
+class Fallback:
+    backend: str
+    reason: str
+
+
+@dataclass
+class Selection:
+    backend: Backend
+    requested: str
+    measured_ms: dict[str, float] = field(default_factory=dict)  # median per call, per working candidate
+    fallbacks: list[Fallback] = field(default_factory=list)
+
+    def describe(self) -> str:
+        b = self.backend
+        lines = [f"backend: {b.name} ({b.device}, {b.precision}, batch {b.batch})" + (" chosen by auto" if self.requested == "auto" else "")]
+        if self.measured_ms:
+            lines.append("  measured: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(self.measured_ms.items(), key=lambda kv: kv[1])))
+        lines += [f"  fallback: {f.backend} unavailable: {f.reason}" for f in self.fallbacks]
+        return "\n".join(lines)
+
+
+def time_backend(backend: Backend, frames: np.ndarray, trials: int = TRIALS) -> float:
+    """Median ms per call after one warm-up call (which also triggers lazy compilation)."""
+    backend(frames)
+    times = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        backend(frames)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def select_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None, trials: int = TRIALS) -> Selection:
+    """``spec.name`` itself, or for ``auto`` the fastest candidate that builds and runs on ``spec.device``."""
+    cache = cache or EngineCache()
+    if spec.name != "auto":
+        return Selection(usable_backend(spec, deployment, cache), spec.name)
+    frames = np.random.default_rng(0).standard_normal(deployment.shape(spec.batch)).astype(np.float32)
+    working: dict[str, Backend] = {}
+    measured: dict[str, float] = {}
+    fallbacks: list[Fallback] = []
+    for candidate in CANDIDATES[torch.device(spec.device).type]:
+        try:
+            backend = usable_backend(replace(spec, name=candidate), deployment, cache)
+            measured[candidate] = time_backend(backend, frames, trials)
+            working[candidate] = backend
+        except Exception as exc:  # any candidate that fails to build or run is a reported fallback, not a crash
+            fallbacks.append(Fallback(candidate, f"{type(exc).__name__}: {exc}"))
+    if not working:
+        raise BackendUnavailable("no backend runs here:\n" + "\n".join(f"  {f.backend}: {f.reason}" for f in fallbacks))
+    fastest = min(working, key=measured.__getitem__)
+    return Selection(working[fastest], "auto", measured, fallbacks)

@@ -1,0 +1,143 @@
+"""Backends behind one interface: torch staging and timings, the engine cache, `auto` and its reported fallbacks,
+GPU backends (skipped with the reason where CUDA or TensorRT is absent), and the CI-sized benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from calibration.labelling import PatchLabeller
+from pipeline.infer import select
+from pipeline.infer.backend import BackendUnavailable, TorchBackend
+from pipeline.infer.cache import EngineCache, EngineKey
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.graph import SegmentationGraph
+from pipeline.infer.select import BackendSpec, make_backend, select_backend
+
+SIZE = (32, 40)
+NO_CUDA = "no CUDA device on this machine: GPU backends are exercised only where one is lent"
+
+
+@pytest.fixture(scope="module")
+def deployment(model) -> Deployment:
+    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1)
+    graph = SegmentationGraph(model, PatchLabeller(centroids, torch.tensor([True, False, True, False])), 8)
+    return Deployment(graph, SIZE, "random:0", "test-reference")
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((5, 3, *SIZE)).astype(np.float32)
+
+
+def test_torch_backend_chunks_pads_and_times(deployment, frames) -> None:
+    single = TorchBackend(deployment.graph)
+    batched = TorchBackend(deployment.graph, batch=2)  # 5 frames: chunks of 2, 2 and 1 (padded)
+    mask, margin = batched(frames)
+    assert mask.shape == margin.shape == (5, 4, 5) and mask.dtype == np.uint8 and margin.dtype == np.float32
+    expected = [single(frames[i : i + 1]) for i in range(5)]
+    np.testing.assert_array_equal(mask, np.concatenate([m for m, _ in expected]))
+    np.testing.assert_allclose(margin, np.concatenate([g for _, g in expected]), atol=1e-5)
+    assert set(batched.last_timings_ms) == {"host_to_device", "model_labelling", "device_to_host"}
+    assert batched.last_timings_ms["model_labelling"] > 0
+    assert (single.name, single.device, single.precision, single.batch) == ("torch", "cpu", "fp32", 1)
+
+
+def _key(**changes) -> EngineKey:
+    base = EngineKey("onnx-fused", "random:0", "ref1", (32, 40), 8, 1, "fp32", "cpu", (("torch", "2.13"),))
+    return replace(base, **changes)
+
+
+def test_engine_cache_hits_and_invalidates(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    builds = []
+
+    def build(path: Path) -> None:
+        builds.append(path)
+        path.write_bytes(b"engine")
+
+    path, hit = cache.fetch(_key(), ".onnx", build)
+    assert not hit and path.read_bytes() == b"engine" and len(builds) == 1
+    assert cache.fetch(_key(), ".onnx", build) == (path, True) and len(builds) == 1
+    assert cache.facts(_key())["key"]["reference"] == "ref1"
+    changes = [dict(weights="sha256:" + "0" * 64), dict(reference="ref2"), dict(input_size=(64, 80)), dict(stride=4),
+               dict(batch=4), dict(precision="fp16"), dict(device="NVIDIA H100 sm_90"), dict(versions=(("torch", "2.14"),))]
+    for change in changes:  # any part of the key changes: a miss and a rebuild, never the old engine
+        other, hit = cache.fetch(_key(**change), ".onnx", build)
+        assert not hit and other != path, change
+    assert len(builds) == 1 + len(changes)
+
+
+def test_engine_cache_never_leaves_half_an_engine(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+
+    def crash(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise RuntimeError("build died")
+
+    with pytest.raises(RuntimeError, match="build died"):
+        cache.fetch(_key(), ".onnx", crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_reports_its_choice_and_every_fallback(deployment, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["AzureExecutionProvider"])
+    monkeypatch.setitem(select.CANDIDATES, "cpu", ("tensorrt", "onnxruntime", "torch"))
+    selection = select_backend(BackendSpec("auto"), deployment, EngineCache(tmp_path), trials=1)
+    assert selection.backend.name == "torch" and set(selection.measured_ms) == {"torch"}
+    reasons = {f.backend: f.reason for f in selection.fallbacks}
+    assert "CUDA" in reasons["tensorrt"] and "no CPUExecutionProvider" in reasons["onnxruntime"]
+    text = selection.describe()
+    assert "torch (cpu, fp32, batch 1) chosen by auto" in text
+    assert "fallback: tensorrt unavailable" in text and "fallback: onnxruntime unavailable" in text
+
+
+def test_named_backend_that_cannot_run_is_an_error(deployment, tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        select_backend(BackendSpec("tensorrt"), deployment, EngineCache(tmp_path))
+    with pytest.raises(BackendUnavailable, match="bfloat16"):
+        make_backend(BackendSpec("onnxruntime", precision="bf16"), deployment, EngineCache(tmp_path))
+    with pytest.raises(ValueError, match="not one of"):
+        make_backend(BackendSpec("tflite"), deployment)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("name", ["torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt"])
+def test_gpu_backends_match_torch_fp32(deployment, frames, name: str, tmp_path: Path) -> None:
+    if name == "tensorrt":
+        pytest.importorskip("torch_tensorrt", reason="torch-tensorrt is not installed")
+    if name.startswith("onnxruntime"):
+        wanted = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}[name]
+        if wanted not in onnxruntime.get_available_providers():
+            pytest.skip(f"onnxruntime has no {wanted}: install onnxruntime-gpu with its CUDA/TensorRT libraries")
+    reference = TorchBackend(deployment.graph, batch=2)(frames)
+    backend = make_backend(BackendSpec(name, "cuda", batch=2), deployment, EngineCache(tmp_path))
+    mask, margin = backend(frames)
+    assert np.mean(mask == reference[0]) >= 0.99
+    np.testing.assert_allclose(margin, reference[1], atol=1e-2)
+    assert backend.last_timings_ms["model_labelling"] > 0  # CUDA events
+
+
+def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    bench = pytest.importorskip("benchmarks.bench", reason="run pytest from the repository root (python -m pytest)")
+    settings = replace(
+        bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=2, input_size=(32, 40),
+        calibration_frames=2, baseline_frames=1, out=tmp_path, cache_dir=str(tmp_path / "engines"),
+    )
+    doc, paths = bench.run_benchmark(settings)
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "bench_latency.png", "bench_stages.png", "bench_throughput.png"]
+    saved = json.loads(paths[0].read_text())
+    assert [(r["backend"], r["batch"]) for r in saved["runs"]] == [("torch", 1), ("torch", 2)]
+    run = saved["runs"][0]
+    for stage in ("preprocess", "host_to_device", "model_labelling", "device_to_host", "publish", "end_to_end"):
+        assert run["stages_ms"][stage]["count"] >= 1 and "p99.9" in run["stages_ms"][stage]
+    assert saved["meta"]["weights_warning"].startswith("RANDOM WEIGHTS") and saved["meta"]["loadavg_start"]
+    assert saved["baseline"]["stride"] == 4 and saved["runs"][0]["speedup_vs_original"] > 0
+    table = paths[1].read_text()
+    assert "| torch | fp32 | 2 |" in table and "RANDOM WEIGHTS" in table and "load average" in table

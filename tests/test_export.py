@@ -1,0 +1,145 @@
+"""ONNX export of the fused graph: checker, ONNX Runtime on the CPU against torch, the parity gate, `bonestream export`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from calibration.calibrate import CalibrationSettings, calibrate
+from calibration.clustering import KMeansSettings
+from calibration.reference import Reference
+from models.preprocess import Geometry
+from pipeline.capture.phantom import PhantomConfig
+from pipeline.capture.synthetic import PhantomSource
+from pipeline.cli import main
+from pipeline.infer.backend import BackendUnavailable, TorchBackend
+from pipeline.infer.cache import EngineCache
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.export import OPSET, cached_onnx
+from pipeline.infer.graph import Fp32LayerNorm, OUTPUT_NAMES
+from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
+from pipeline.infer.select import BackendSpec, make_backend, select_backend
+
+PHANTOM = "phantom:12"  # the source spec the reference is calibrated on (frames found by name by `export`)
+BATCH = 2
+ORT = BackendSpec("onnxruntime", batch=BATCH)
+KEYS = BackendSpec("onnxruntime", batch=BATCH, outputs="keys")
+
+
+@pytest.fixture(scope="module")
+def reference(model, random_identity) -> Reference:
+    frames = list(PhantomSource(PhantomConfig(n_frames=12)))[::4]
+    geometry = Geometry.fit(frames[0].image.shape, input_size=(64, 80))
+    settings = CalibrationSettings(kmeans=KMeansSettings(k=4, sample_interval=3))
+    ref = calibrate(model, random_identity, geometry, [f.image for f in frames], [f.name for f in frames], settings, progress=False)
+    return replace(ref, foreground=(0, 2))  # random weights vote arbitrarily: fix a mixed bone/background split
+
+
+@pytest.fixture(scope="module")
+def deployment(model, random_identity, reference) -> Deployment:
+    return Deployment.from_reference(model, random_identity.label, reference)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> EngineCache:
+    return EngineCache(tmp_path_factory.mktemp("engines"))
+
+
+@pytest.fixture(scope="module")
+def frames(reference) -> np.ndarray:
+    images = {f.name: f.image for f in PhantomSource(PhantomConfig(n_frames=12))}
+    return reference.geometry.preprocess_batch([images[n] for n in reference.frames])
+
+
+def test_onnx_graphs_pass_the_checker_with_static_shapes(deployment, cache) -> None:
+    for outputs in ("fused", "keys"):
+        path, _ = cached_onnx(deployment, batch=BATCH, precision="fp32", outputs=outputs, cache=cache)
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= OPSET >= 17
+        assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES[outputs])
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == [BATCH, 3, 64, 80]  # static: no symbolic dimension
+        ops = {n.op_type for n in model.graph.node}
+        assert "LayerNormalization" in ops and "Resize" not in ops  # native LayerNorm; positional table precomputed
+
+
+def test_onnxruntime_cpu_matches_torch_keys_and_labels(deployment, cache, frames) -> None:
+    torch_keys = TorchBackend(deployment.graph, batch=BATCH, outputs="keys").run(frames)[0]
+    ort_keys = make_backend(KEYS, deployment, cache).run(frames)[0]
+    np.testing.assert_allclose(ort_keys, torch_keys, atol=1e-4, rtol=1e-4)
+    torch_mask, torch_margin = TorchBackend(deployment.graph, batch=BATCH)(frames)
+    ort = make_backend(ORT, deployment, cache)
+    mask, margin = ort(frames)
+    assert mask.dtype == np.uint8 and margin.dtype == np.float32 and mask.shape == (len(frames), 8, 10)
+    np.testing.assert_array_equal(mask, torch_mask)
+    np.testing.assert_allclose(margin, torch_margin, atol=1e-4)
+    assert 0 < mask.mean() < 1  # both bone and background present: the comparison means something
+    assert set(ort.last_timings_ms) == {"host_to_device", "model_labelling", "device_to_host"}
+
+
+def test_fused_labelling_equals_the_reference_labelling(model, deployment, reference, frames) -> None:
+    """The fused graph (precomputed positions, fp32 LayerNorm wrapper) equals calibration's path: DinoViT keys
+    through the reference's PatchLabeller, and reproduces the calibration labels on the calibration frames."""
+    with torch.inference_mode():
+        keys = model(torch.from_numpy(frames), stride=reference.geometry.stride).keys
+        labels, foreground, margin = reference.labeller()(keys)
+        fused_mask, fused_margin = deployment.graph.specialise(reference.geometry.input_size)(torch.from_numpy(frames))
+    np.testing.assert_array_equal(labels.numpy(), reference.calibration_labels)
+    np.testing.assert_array_equal(fused_mask.numpy(), foreground.numpy().astype(np.uint8))
+    torch.testing.assert_close(fused_margin, margin, atol=1e-5, rtol=1e-5)
+
+
+def test_reduced_precision_keeps_layernorm_and_labelling_fp32(deployment, frames) -> None:
+    graph = deployment.graph.specialise((64, 80), "bf16")
+    assert graph.dtype == torch.bfloat16 and isinstance(graph.model.blocks[3].norm1, Fp32LayerNorm)
+    assert graph.labeller.centroids.dtype == torch.float32
+    with torch.inference_mode():
+        assert graph.keys(torch.from_numpy(frames)).dtype == torch.float32
+    with pytest.raises(ValueError, match="specialised for the patch grid"):
+        graph.model.position_table((9, 10))
+
+
+def test_parity_gate_passes_fp32_and_refuses_a_degraded_engine(deployment, cache, frames, reference) -> None:
+    ort = make_backend(ORT, deployment, cache)
+    ort_keys = make_backend(KEYS, deployment, cache)
+    good = check_parity(ort, ort_keys, deployment, frames, calibration_labels=reference.calibration_labels)
+    assert good.passed and good.key_cosine > 0.9999 and good.label_agreement == good.mask_agreement == 1.0
+    # a "degraded engine": the same graph with perturbed weights in its last block
+    broken = Deployment(deployment.graph.specialise((64, 80)), deployment.input_size, deployment.weights, deployment.reference)
+    with torch.no_grad():
+        broken.graph.model.blocks[-1].attn.qkv.weight.mul_(-0.3).add_(0.05)
+    bad = check_parity(TorchBackend(broken.graph, batch=BATCH), TorchBackend(broken.graph, batch=BATCH, outputs="keys"), deployment, frames)
+    assert not bad.passed and "REFUSED" in bad.describe() and "key cosine" in bad.describe()
+    strict = check_parity(ort, ort_keys, deployment, frames, thresholds=ParityThresholds(key_cosine=1.01))
+    assert not strict.passed
+    record_verdict(cache, deployment, ort, strict)  # a refusal sticks: run time refuses the engine too
+    with pytest.raises(BackendUnavailable, match="refused by the parity gate"):
+        select_backend(ORT, deployment, cache)
+    record_verdict(cache, deployment, ort, good)
+    assert select_backend(ORT, deployment, cache).backend.name == "onnxruntime"
+
+
+def test_parity_gate_needs_the_calibration_frames(deployment, cache, frames, reference) -> None:
+    ort = make_backend(ORT, deployment, cache)
+    ort_keys = make_backend(KEYS, deployment, cache)
+    with pytest.raises(Exception, match="not the reference's calibration frames"):
+        check_parity(ort, ort_keys, deployment, frames[::-1].copy(), calibration_labels=reference.calibration_labels)
+
+
+def test_export_command_builds_and_gates(reference, cache, tmp_path: Path, capsys) -> None:
+    ref_path = tmp_path / "ref.json"
+    reference.save(ref_path)
+    args = ["export", PHANTOM, "--reference", str(ref_path), "--weights", "random:0", "--cache-dir", str(cache.root), "--no-progress"]
+    assert main([*args, "--batch-size", str(BATCH)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime fp32: parity passed on 3 calibration frames" in out
+    assert main([*args, "--min-cosine", "1.01", "--batch-size", str(BATCH)]) == 1
+    assert "REFUSED" in capsys.readouterr().out
+    assert main(["export", "phantom:2", *args[2:]]) == 2
+    assert "calibration frames are not in the sources" in capsys.readouterr().err
