@@ -120,6 +120,8 @@ class RunSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_ids: dict[str, list[int]] = field(default_factory=dict)
     output_errors: list[str] = field(default_factory=list)
+    reconnects: int = 0  # live devices: outages recovered from, and their gaps (monotonic s)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
     stamps: list[dict[str, int]] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
     interrupted: bool = False
@@ -127,10 +129,14 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         drops = ", ".join(f"{k} {v}" for k, v in self.dropped.items()) or "none"
-        return [
+        lines = [
             f"source {self.source} ({'live' if self.live else 'replay'}){' - interrupted' if self.interrupted else ''}",
             f"frames read {self.read}, processed {self.processed}, published {self.published}, failed {len(self.failed)}, dropped: {drops}",
         ]
+        if self.reconnects:
+            longest = max((b - a for a, b in self.gaps), default=0.0)
+            lines.append(f"device reconnected {self.reconnects} times; longest gap {longest:.2f} s")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +149,8 @@ class RunSummary:
             "dropped": self.dropped,
             "dropped_ids": self.dropped_ids,
             "output_errors": self.output_errors,
+            "reconnects": self.reconnects,
+            "gaps_s": [[a, b] for a, b in self.gaps],
             "interrupted": self.interrupted,
             "wall_s": self.wall_s,
         }
@@ -313,6 +321,8 @@ class Pipeline:
         return counts
 
     def _account_drops(self) -> None:
+        self.summary.reconnects = int(getattr(self.source, "reconnects", 0) or 0)
+        self.summary.gaps = list(getattr(self.source, "gaps", []) or [])
         counts = self.drop_counts()
         if self.live or any(counts.values()):
             self.summary.dropped = counts

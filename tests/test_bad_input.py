@@ -1,0 +1,160 @@
+"""Bad input through the CLI: one clear error naming the file, frame or field, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+from pipeline.capture.phantom import PhantomConfig, write_phantom
+from pipeline.cli import main
+
+SMALL = ["--input-size", "32x40", "--k", "2", "--sample-interval", "1", "--weights", "random:0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def phantom_ref(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom(root, 3, PhantomConfig(n_frames=3))
+    ref = root / "ref.json"
+    assert main(["calibrate", str(root / "images"), "--out", str(ref), *SMALL]) == 0
+    return root / "images", ref
+
+
+def fails(capsys, args: list[str], *needles: str) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") <= 2, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def segment(src: Path, ref: Path, out: Path) -> list[str]:
+    return ["segment", str(src), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"]
+
+
+def _mp4(path: Path, frames: int = 8) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=20)
+        stream.width, stream.height, stream.pix_fmt = 320, 256, "yuv420p"
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((256, 320), (20 * i) % 256, np.uint8), format="gray")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("empty.mp4", b"", "empty.mp4"),
+        ("garbage.mp4", b"this is not a video" * 100, "garbage.mp4"),
+        ("noise.avi", bytes(range(256)) * 64, "noise.avi"),
+    ],
+)
+def test_unreadable_videos(capsys, phantom_ref, tmp_path: Path, name: str, content: bytes, needle: str) -> None:
+    _, ref = phantom_ref
+    (tmp_path / name).write_bytes(content)
+    fails(capsys, segment(tmp_path / name, ref, tmp_path / "out"), needle)
+    assert not (tmp_path / "out" / "summary.json").exists()  # nothing that looks complete
+
+
+def test_truncated_video(capsys, phantom_ref, tmp_path: Path) -> None:
+    _, ref = phantom_ref
+    data = _mp4(tmp_path / "full.mp4", 30).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    fails(capsys, segment(tmp_path / "cut.mp4", ref, tmp_path / "out"), "cut.mp4")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_frames_of_another_size(capsys, phantom_ref, tmp_path: Path) -> None:
+    _, ref = phantom_ref
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((100, 120), np.uint8))
+    fails(capsys, segment(tmp_path / "small.png", ref, tmp_path / "out"), "120x100", "recalibrate")
+
+
+def test_folder_of_mixed_sizes(capsys, tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 80), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((70, 80), np.uint8))
+    fails(capsys, ["calibrate", str(tmp_path), "--out", str(tmp_path / "r.json"), *SMALL], "b.png")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_image_that_is_not_an_image(capsys, phantom_ref, tmp_path: Path) -> None:
+    _, ref = phantom_ref
+    (tmp_path / "fake.png").write_text("hello")
+    fails(capsys, segment(tmp_path / "fake.png", ref, tmp_path / "out"), "fake.png", "not a readable image")
+
+
+def test_dicom_without_pixel_data(capsys, phantom_ref, tmp_path: Path) -> None:
+    _, ref = phantom_ref
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    path = tmp_path / "cine.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    fails(capsys, ["run", str(path), "--reference", str(ref), "--weights", "random:0", "--no-publish", "--report", str(tmp_path / "r"), "--no-progress"], "cine.dcm", "PixelData")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "version", "not-json"])
+def test_damaged_reference(capsys, phantom_ref, tmp_path: Path, damage: str) -> None:
+    images, ref = phantom_ref
+    bad = tmp_path / "bad.json"
+    text = ref.read_text()
+    doc = json.loads(text)
+    if damage == "truncate":
+        bad.write_text(text[: len(text) // 3])
+    elif damage == "edit":
+        doc["payload"]["foreground"] = [1]
+        bad.write_text(json.dumps(doc))
+    elif damage == "version":
+        doc["version"] = 2
+        bad.write_text(json.dumps(doc))
+    else:
+        bad.write_bytes(b"\x89PNG\r\n")
+    fails(capsys, segment(images, bad, tmp_path / "out"), "bad.json")
+
+
+def test_reference_for_other_weights(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    args = segment(images, ref, tmp_path / "out")
+    args[args.index("random:0")] = "random:9"
+    fails(capsys, args, "random:0", "random:9")
+
+
+def _run(images: Path, ref: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["run", str(images), "--reference", str(ref), "--weights", "random:0", "--report", str(tmp_path / "r"), "--no-progress", *extra]
+
+
+def test_invalid_zmq_address(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    fails(capsys, _run(images, ref, tmp_path, "--publish", "tcp://127.0.0.1:notaport"), "tcp://127.0.0.1:notaport")
+
+
+def test_port_in_use(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        fails(capsys, _run(images, ref, tmp_path, "--publish", address), address)
+
+
+def test_non_loopback_needs_encryption_or_insecure(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    fails(capsys, _run(images, ref, tmp_path, "--publish", "tcp://0.0.0.0:0"), "0.0.0.0", "--insecure")
