@@ -103,11 +103,15 @@ def test_sigint_mid_run_leaves_a_playable_recording(mp4_reference, tmp_path: Pat
     assert not list(record.glob(".*partial"))
 
 
+def phantom_stream(make_segmenter, frames: int):
+    """A small phantom source, a segmenter calibrated on it, and a free loopback address."""
+    source = PhantomSource(PhantomConfig(height=64, width=80, n_frames=frames))
+    seg = make_segmenter([source.phantom.frame(i)[0] for i in (0, frames // 2, frames - 1)])
+    return source, seg, f"tcp://127.0.0.1:{free_port()}"
+
+
 def test_lossless_channel_delivers_every_frame_to_a_slow_consumer(make_segmenter) -> None:
-    config = PhantomConfig(height=64, width=80, n_frames=30)
-    source = PhantomSource(config)
-    seg = make_segmenter([source.phantom.frame(i)[0] for i in (0, 15, 29)])
-    address = f"tcp://127.0.0.1:{free_port()}"
+    source, seg, address = phantom_stream(make_segmenter, 30)
     sender = LosslessSender(address)
     received: list[int] = []
 
@@ -127,10 +131,7 @@ def test_lossless_channel_delivers_every_frame_to_a_slow_consumer(make_segmenter
 
 
 def test_live_headers_carry_drop_counts_and_slow_subscriber_does_not_stall(make_segmenter) -> None:
-    config = PhantomConfig(height=64, width=80, n_frames=60)
-    source = PhantomSource(config)
-    seg = make_segmenter([source.phantom.frame(i)[0] for i in (0, 30, 59)])
-    address = f"tcp://127.0.0.1:{free_port()}"
+    source, seg, address = phantom_stream(make_segmenter, 60)
     publisher = Publisher(address)
     slow, fast = Subscriber(address), Subscriber(address, rcvhwm=1000)
     assert publisher.wait_for_subscribers(2, timeout=10)
