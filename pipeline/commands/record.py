@@ -15,7 +15,7 @@ from typing import Iterator
 
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.recorder import Recorder, RecordError
-from pipeline.publish.subscriber import LosslessReceiver, Subscriber
+from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -48,7 +48,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 def run(args: argparse.Namespace) -> int:
     receiver = LosslessReceiver if args.lossless else Subscriber
-    with _stop_on_signals() as stop, receiver(args.address, stream_id=args.stream, curve=client_from_args(args)) as rx, Recorder(args.out, fps=args.fps) as rec:
+    with (
+        _stop_on_signals() as stop,
+        receiver(args.address, stream_id=args.stream, curve=client_from_args(args)) as rx,
+        Recorder(args.out, fps=args.fps) as rec,
+    ):
         last_frame = time.monotonic()
         while not stop.is_set() and (args.max_frames is None or rec.frames < args.max_frames):
             msg = rx.recv(timeout=POLL_S)
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             elif args.timeout is not None and time.monotonic() - last_frame > args.timeout:
                 break
     if rec.frames == 0:
-        raise RecordError(f"no frames received from {args.address}")
+        raise RecordError(f"no frames received from {args.address} ({NO_FRAMES_HINT})")
     print(f"recorded {rec.frames} frames to {args.out}; {rx.counters()}")
     for stream_id, s in rec.summary()["streams"].items():
         video = f"{s['video']} ({s['video_frames']} frames)" if s["video"] else "no overlays in this stream: masks only"

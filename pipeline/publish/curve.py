@@ -126,7 +126,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """For commands that publish: CURVE server keys, or an explicit --insecure for a trusted network."""
     g = p.add_argument_group("network security (frames are patient data)")
     g.add_argument("--curve-secret", type=Path, metavar="SECRETFILE", help="this server's NAME.key_secret: encrypt with CURVE")
-    g.add_argument("--curve-allow", type=Path, action="append", default=[], metavar="PATH", help="client public key file or folder of them (repeatable)")
+    g.add_argument(
+        "--curve-allow", type=Path, action="append", default=[], metavar="PATH", help="client public key file or folder of them (repeatable)"
+    )
     g.add_argument("--insecure", action="store_true", help="allow binding a non-loopback address without encryption")
 
 

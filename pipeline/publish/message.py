@@ -16,7 +16,7 @@ Header (``schema`` 1; unknown extra keys are ignored, so fields may be added wit
     mask                 {shape: [h, w], dtype: "uint8", resolution: "frame" | "roi"}; 0 = background,
                          255 = bone; "frame" masks are frame_size, "roi" masks are roi's height x width
     overlay              null (no 4th frame) or {shape: [h, w, 3], dtype: "uint8", encoding: "jpeg" | "raw"};
-                         RGB order (raw: h*w*3 bytes; jpeg: a baseline JPEG decoding to that shape)
+                         RGB order (raw: h*w*3 bytes; jpeg: a JPEG file decoding to that shape)
     roi                  [top, left, height, width] of the labelled region inside the frame
     frame_size           [h, w] of the source frame
     reference_id         str, the calibration reference the labels come from

@@ -21,12 +21,15 @@ from pipeline.publish.message import DEFAULT_MAX_BYTES, TOPIC_PREFIX, FrameMessa
 from pipeline.publish.transport import Peer
 
 RECONNECT_MS = 100
+MAX_DRAIN = 256  # latest() returns even when frames arrive as fast as it can read them
+NO_FRAMES_HINT = "check the address and --stream; an encrypted publisher also needs --curve-client and --curve-server"
 
 Received = tuple[int, list[bytes]]  # (time.monotonic_ns() on receipt, multipart)
 
 
 class Subscriber(Peer):
-    """Connects a SUB socket to a Publisher; ``stream_id`` None receives every stream."""
+    """Connects a SUB socket to a Publisher. ``stream_id`` None receives every stream; ``conflate_latest`` makes
+    recv() behave as latest(); ``max_bytes`` bounds one message (larger ones are refused unread)."""
 
     socket_type = zmq.SUB
 
@@ -93,7 +96,7 @@ class Subscriber(Peer):
 
     def _drain(self) -> list[Received]:
         batch = []
-        while self.socket.poll(0, zmq.POLLIN):
+        while len(batch) < MAX_DRAIN and self.socket.poll(0, zmq.POLLIN):
             batch.append((time.monotonic_ns(), self.socket.recv_multipart()))
         return batch
 

@@ -86,7 +86,7 @@ class Peer:
         self.socket.close(linger_ms)
         if self._authenticator is not None:
             self._authenticator.stop()
-        self.context.term()
+        self.context.destroy(linger=0)  # also closes sockets others opened on it (monitors): term would wait for them
 
     def __enter__(self) -> Self:
         return self

@@ -19,7 +19,7 @@ import numpy as np
 from models.errors import BonestreamError
 from pipeline.publish.files import write_png_atomic
 from pipeline.publish.message import FrameMessage
-from pipeline.publish.subscriber import Subscriber
+from pipeline.publish.subscriber import NO_FRAMES_HINT, Subscriber
 
 WHITE, RED = (230, 230, 230), (255, 40, 40)
 LINE_HEIGHT = 18
@@ -46,7 +46,7 @@ class RateMeter:
         return (len(self._times) - 1) * 1e9 / span if span > 0 else 0.0
 
 
-def status_lines(msg: FrameMessage, fps: float, counters: Mapping[str, int]) -> list[tuple[str, tuple[int, int, int]]]:
+def _status_lines(msg: FrameMessage, fps: float, counters: Mapping[str, int]) -> list[tuple[str, tuple[int, int, int]]]:
     captured = msg.timestamps_ns["captured"]
     published_ms = (msg.timestamps_ns["published"] - captured) / 1e6
     received = f", received {(msg.received_ns - captured) / 1e6:.1f} ms" if msg.received_ns is not None else ""
@@ -65,7 +65,7 @@ def annotate(msg: FrameMessage, fps: float, counters: Mapping[str, int]) -> np.n
     """RGB image: the overlay (or the mask in white when the stream has none) above a band of status text,
     kept below the image so it never hides anatomy."""
     image = msg.overlay if msg.overlay is not None else cv2.cvtColor(msg.mask, cv2.COLOR_GRAY2RGB)
-    lines = status_lines(msg, fps, counters)
+    lines = _status_lines(msg, fps, counters)
     h, w = image.shape[:2]
     canvas = np.zeros((h + LINE_HEIGHT * len(lines) + 6, max(w, MIN_WIDTH), 3), np.uint8)
     canvas[:h, :w] = image
@@ -87,7 +87,7 @@ def show(sub: Subscriber, *, title: str = "bonestream", max_frames: int | None =
                 meter.tick(msg.received_ns)
                 cv2.imshow(title, cv2.cvtColor(annotate(msg, meter.fps, sub.counters()), cv2.COLOR_RGB2BGR))
                 shown += 1
-            if cv2.waitKey(1) & 0xFF in QUIT_KEYS or cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
+            if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS or cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
                 break
     finally:
         cv2.destroyWindow(title)
@@ -102,6 +102,6 @@ def snapshot(sub: Subscriber, path: str | Path, *, max_frames: int = 1, timeout:
         meter.tick(msg.received_ns)
         last, received = msg, received + 1
     if last is None:
-        raise ViewerError(f"no frame arrived within {timeout} s")
+        raise ViewerError(f"no frame arrived within {timeout} s ({NO_FRAMES_HINT})")
     write_png_atomic(path, annotate(last, meter.fps, sub.counters()))
     return received
