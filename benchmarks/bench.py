@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -19,30 +20,27 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python benchmarks/bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames  # noqa: E402
-from benchmarks.report import RESULTS, add_ratios, device_info, device_slug, summarize_run, write_results  # noqa: E402
-from benchmarks.runner import Config, Run, memory_in_use_mb, take_turns, warm_up  # noqa: E402
-from benchmarks.streams import StreamLoad, paced_streams  # noqa: E402
-from benchmarks.targets import EQUAL_LABELS, check_targets  # noqa: E402
-from calibration.calibrate import calibrate  # noqa: E402
-from calibration.reference import Reference  # noqa: E402
-from models.loader import load_model  # noqa: E402
-from models.preprocess import Geometry, detect_roi, parse_size  # noqa: E402
-from models.vit import DinoViT  # noqa: E402
-from models.weights import WeightsIdentity  # noqa: E402
-from pipeline.infer.backend import TorchBackend  # noqa: E402
-from pipeline.infer.cache import EngineCache, library_versions  # noqa: E402
-from pipeline.infer.deployment import Deployment  # noqa: E402
-from pipeline.infer.graph import DTYPES, SegmentationGraph  # noqa: E402
-from pipeline.infer.select import BACKENDS, BackendSpec, make_backend  # noqa: E402
-from pipeline.segment.segmenter import BoneSegmenter  # noqa: E402
-from pipeline.stats import summarize  # noqa: E402
+from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames
+from benchmarks.report import RESULTS, add_ratios, describe_device, device_info, device_slug, summarize_run, write_results
+from benchmarks.runner import Config, Run, memory_in_use_mb, take_turns, warm_up
+from benchmarks.streams import StreamLoad, paced_streams
+from benchmarks.targets import EQUAL_LABELS, check_targets
+from calibration.calibrate import calibrate
+from calibration.reference import Reference
+from models.loader import load_model
+from models.preprocess import Geometry, detect_roi, parse_size
+from models.vit import DinoViT
+from models.weights import WeightsIdentity
+from pipeline.infer.backend import TorchBackend
+from pipeline.infer.cache import EngineCache, library_versions
+from pipeline.infer.deployment import Deployment
+from pipeline.infer.graph import DTYPES, SegmentationGraph
+from pipeline.infer.select import BACKENDS, BackendSpec, make_backend
+from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.stats import summarize
 
 ORIGINAL_STRIDE = 4  # the original co-segmentation's overlapping-patch extractor
 
@@ -53,7 +51,7 @@ class BenchSettings:
 
     device: str = "cpu"
     backends: tuple[str, ...] = ("torch", "onnxruntime")
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[str, ...] = ("fp32", "int8")  # int8: onnxruntime only; bf16/fp16 are 7x slower on AVX2
     batches: tuple[int, ...] = (1, 4)
     frames: int = 20  # per configuration
     warmup: int = 1  # batches per configuration
@@ -124,11 +122,12 @@ def build_run(bench: Bench, config: Config) -> Run:
 
 
 def build_runs(bench: Bench) -> list[Run]:
-    """torch fp32 batch 1 first (every other row is compared with it), then every buildable configuration."""
+    """torch fp32 batch 1 first (every other row is compared with it), then every configuration asked for
+    (int8 only with onnxruntime, the one backend that has it)."""
     s = bench.settings
-    configs = [Config("torch", "fp32", 1)] + [
-        c for c in (Config(*p) for p in product(s.backends, s.precisions, s.batches)) if c != Config("torch", "fp32", 1)
-    ]
+    reference = Config("torch", "fp32", 1)
+    asked = (Config(*p) for p in product(s.backends, s.precisions, s.batches))
+    configs = [reference] + [c for c in asked if c != reference and (c.precision != "int8" or c.backend == "onnxruntime")]
     runs = []
     for config in configs:
         try:
@@ -157,6 +156,31 @@ def original_cost(bench: Bench) -> dict[str, Any] | None:
     return {"input_size": list(geometry.input_size), "stride": ORIGINAL_STRIDE, "grid": list(geometry.grid), "model_ms": summarize(times)}
 
 
+def labelling_cost(bench: Bench, calls: int = 50) -> dict[str, Any]:
+    """The fused labelling alone (fp32, torch, on the device) on keys of the deployment's grid: its share of the
+    model + labelling stage, which the fused engines cannot split."""
+    s = bench.settings
+    labeller = bench.reference.labeller().to(s.device)
+    keys = torch.randn(1, *bench.reference.geometry.grid, 384, device=s.device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(calls + 1):
+            start = time.perf_counter()
+            labeller(keys)
+            if keys.is_cuda:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+    return summarize(times[1:])
+
+
+def peak_memory_mb(device: str) -> dict[str, float]:
+    """Process peak RSS, and on CUDA the peak of torch's allocator (TensorRT and ONNX Runtime allocate outside it)."""
+    peak = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.device(device).type == "cuda":
+        peak["torch_cuda_peak_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    return peak
+
+
 def stream_test(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Paced streams on the fastest configuration with equal labels, its engine rebuilt for a batch of all streams."""
     s = bench.settings
@@ -173,7 +197,7 @@ def stream_test(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any] | No
 def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
     loadavg_start = [round(v, 2) for v in os.getloadavg()]
     info = device_info(s.device)
-    print(f"preparing: {s.frames} frames per configuration, {s.warmup} warm-up batches, {info}", flush=True)
+    print(f"preparing: {s.frames} frames per configuration, {s.warmup} warm-up batches on {describe_device(info)}", flush=True)
     bench = prepare(s)
     runs = build_runs(bench)
     take_turns(runs, bench.frames, s.frames, s.turn)
@@ -197,12 +221,14 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
             "settings": {f.name: str(getattr(s, f.name)) for f in fields(s)},
         },
         "decode_ms": summarize(bench.frames.decode_ms),
+        "labelling_ms": labelling_cost(bench),
         "runs": rows,
         "baseline": baseline,
         "skipped": bench.skipped,
     }
     doc["streams"] = stream_test(bench, rows)
     doc["meta"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["memory"] = peak_memory_mb(s.device)
     doc["targets"] = check_targets(doc)
     out = s.out or RESULTS / doc["meta"]["device_slug"]
     return doc, write_results(doc, out, s.tag)
@@ -216,7 +242,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options left unset take the device's defaults (BenchSettings.for_device)."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N] (default: cuda if present)")
     p.add_argument("--backends", type=_csv(str), help=f"comma list of {','.join(BACKENDS)}")
-    p.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,bf16")
+    p.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,bf16,int8 (GPU default fp32,fp16,bf16; CPU fp32,int8)")
     p.add_argument("--batch-sizes", dest="batches", type=_csv(int), help="comma list, e.g. 1,8,32")
     p.add_argument("--frames", type=int, help="frames per configuration (GPU default 1000, CPU 20)")
     p.add_argument("--warmup", type=int, help="warm-up batches per configuration (GPU 10, CPU 1)")

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.runner import STAGE_ORDER, Run  # noqa: E402
+from pipeline.infer.onnx_backend import cpu_threads  # noqa: E402
 from pipeline.publish.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from pipeline.stats import summarize  # noqa: E402
 
@@ -34,11 +35,16 @@ def cpu_name() -> str:
 
 def device_info(device: str) -> dict[str, Any]:
     dev = torch.device(device)
-    info: dict[str, Any] = {"type": dev.type, "cpu": cpu_name(), "cpu_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"type": dev.type, "cpu": cpu_name(), "cpu_cores": cpu_threads(), "torch_threads": torch.get_num_threads()}
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), capability=f"sm_{props.major}{props.minor}")
     return info
+
+
+def describe_device(info: dict[str, Any]) -> str:
+    cpu = f"{info['cpu']}, {info['cpu_cores']} cores, torch threads {info['torch_threads']}"
+    return f"{info['gpu']} ({info['capability']}, {info['gpu_memory_gb']} GB); host {cpu}" if info["type"] == "cuda" else cpu
 
 
 def device_slug(info: dict[str, Any]) -> str:
@@ -69,6 +75,7 @@ def summarize_run(run: Run, reference: Run | None) -> dict[str, Any]:
         "build_s": run.build_s,
         "label_agreement": 1.0 if run is reference else agreement,
         "loadavg_1min_mean": float(np.mean(run.loadavg)) if run.loadavg else None,
+        "other_processes_cores_mean": float(np.mean(run.others_cores)) if run.others_cores else None,
     }
 
 
@@ -88,18 +95,24 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# bonestream benchmark: {meta['device_slug']}",
         "",
-        f"- device: {meta['device']}",
+        f"- device: {describe_device(meta['device'])}",
         f"- input: {meta['geometry']['input_size'][0]}x{meta['geometry']['input_size'][1]}, stride {meta['geometry']['stride']}, "
         f"frames from {meta['frames_source']} ({meta['frames']} per configuration after {meta['warmup']} warm-up batches)",
         f"- weights: {meta['weights']}" + (f" -- **{meta['weights_warning']}**" if meta["weights_warning"] else ""),
         f"- load average (1, 5, 15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         f"- decode (not in end to end, as in Holoscan): p50 {doc['decode_ms']['p50']:.2f} ms, p99 {doc['decode_ms']['p99']:.2f} ms per frame",
+        f"- labelling alone (fp32 torch, inside the fused model stage): p50 {doc['labelling_ms']['p50']:.3f} ms per frame",
+        f"- memory: {', '.join(f'{k} {v:.0f}' for k, v in doc['memory'].items())}; per row below: memory in use after build "
+        "and warm-up minus before (process RSS on the CPU, device memory on a GPU)",
         "",
-        "Latency in ms per batch (each frame of a batch waits for the whole batch); model = model + labelling, fused.",
+        "Latency in ms per batch (each frame of a batch waits for the whole batch); model = model + labelling, fused. "
+        "load avg: 1-minute load average during the run (includes the benchmark); others' CPU: cores used by other "
+        "processes while this configuration ran. x torch fp32: torch eager fp32 batch 1's model ms per frame over this "
+        "row's; x original: the same for the original method (stride 4, below).",
         "",
-        "| backend | precision | batch | model p50 | model p99 | end-to-end avg | p50 | p99 | p99.9 | max | fps | ms/frame | x torch fp32 | x original | labels vs torch fp32 | memory MB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | precision | batch | model p50 | model p99 | end-to-end avg | p50 | p99 | p99.9 | max | fps | ms/frame | x torch fp32 | x original | labels vs torch fp32 | memory MB | load avg | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         m, e = r["stages_ms"]["model_labelling"], r["stages_ms"]["end_to_end"]
@@ -107,7 +120,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['backend']} | {r['precision']} | {r['batch']} | {m['p50']:.2f} | {m['p99']:.2f} | {e['avg']:.2f} | {e['p50']:.2f} | "
             f"{e['p99']:.2f} | {e['p99.9']:.2f} | {e['max']:.2f} | {r['throughput_fps']:.1f} | {r['model_ms_per_frame']:.2f} | "
             f"{r['speedup_vs_torch_fp32']:.2f} | {_fmt(r['speedup_vs_original'], '.1f')} | {_fmt(r['label_agreement'] and 100 * r['label_agreement'], '.2f')}% | "
-            f"{r['memory_mb']:.0f} | {_fmt(r['loadavg_1min_mean'], '.2f')} |"
+            f"{r['memory_mb']:.0f} | {_fmt(r['loadavg_1min_mean'], '.2f')} | {_fmt(r['other_processes_cores_mean'], '.2f')} |"
         )
     if doc.get("baseline"):
         b = doc["baseline"]

@@ -61,7 +61,8 @@ class Run:
     memory_mb: float  # memory in use after build and warm-up minus before build
     stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGE_ORDER})
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # frame index -> patch mask, for label agreement
-    loadavg: list[float] = field(default_factory=list)  # 1-minute load average after each turn
+    loadavg: list[float] = field(default_factory=list)  # 1-minute load average after each turn (includes this run)
+    others_cores: list[float] = field(default_factory=list)  # CPU used by other processes during each turn, in cores
     cursor: int = 0  # next frame index (cycles over the frame set)
 
     @property
@@ -100,12 +101,34 @@ def warm_up(segmenter: BoneSegmenter, frames: FrameSet, batch: int, count: int) 
         segmenter.backend(data)
 
 
+class OtherLoad:
+    """CPU time other processes took since the last reading, in cores: the load average counts the benchmark
+    itself, this does not (other engineers' jobs share the machine)."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        self.last = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        t = psutil.cpu_times()
+        mine = self.me.cpu_times()
+        return time.perf_counter(), sum(t) - t.idle - getattr(t, "iowait", 0.0), mine.user + mine.system
+
+    def cores(self) -> float:
+        now = self._read()
+        (t0, busy0, mine0), self.last = self.last, now
+        return max(0.0, (now[1] - busy0) - (now[2] - mine0)) / max(now[0] - t0, 1e-9)
+
+
 def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int) -> None:
     """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation."""
+    others = OtherLoad()
     goal = 0
     while goal < count:
         goal = min(count, goal + turn)
         for run in runs:
+            others.cores()
             while run.cursor < goal:
                 run.step(frames)
+            run.others_cores.append(others.cores())
             run.loadavg.append(os.getloadavg()[0])

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import socket
 import threading
 import time
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from benchmarks.report import RESULTS, device_info, device_slug
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.clustering import KMeansSettings
 from models.loader import load_model
@@ -41,7 +40,6 @@ from pipeline.publish.subscriber import Subscriber
 from pipeline.run import Pipeline, RunConfig
 from pipeline.segment.segmenter import BoneSegmenter
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
     summary = pipeline.summary
     return {
         "benchmark": "soak",
-        "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "device": "cpu"},
+        "machine": device_info("cpu"),
         "config": {"seconds": config.seconds, "fps": config.fps, "input_size": list(config.input_size), "sample_s": config.sample_s},
         "weights": seg.weights.label,
         "frames": {"read": summary.read, "published": summary.published, "received_by_subscriber": received[0], "failed": len(summary.failed)},
@@ -150,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--sample-s", type=float, default=5.0)
-    p.add_argument("--out", type=Path, default=RESULTS / "cpu")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>/)")
     args = p.parse_args(argv)
+    args.out = args.out or RESULTS / device_slug(device_info("cpu"))
     result = soak(SoakConfig(seconds=args.minutes * 60, fps=args.fps, sample_s=args.sample_s))
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "soak.json", result)

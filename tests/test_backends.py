@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 import torch
 
+from benchmarks import bench
 from calibration.labelling import PatchLabeller
 from pipeline.infer import select
 from pipeline.infer.backend import BackendUnavailable, TorchBackend
@@ -125,7 +126,6 @@ def test_gpu_backends_match_torch_fp32(deployment, frames, name: str, tmp_path: 
 
 
 def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> None:
-    bench = pytest.importorskip("benchmarks.bench", reason="run pytest from the repository root (python -m pytest)")
     settings = replace(
         bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=2, input_size=(32, 40),
         calibration_frames=2, baseline_frames=1, out=tmp_path, cache_dir=str(tmp_path / "engines"),

@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from models.weights import random_state_dict

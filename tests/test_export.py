@@ -125,6 +125,17 @@ def test_parity_gate_passes_fp32_and_refuses_a_degraded_engine(deployment, cache
     assert select_backend(ORT, deployment, cache).backend.name == "onnxruntime"
 
 
+def test_int8_quantises_only_the_linear_layers_and_passes_the_gate(deployment, cache, frames, reference) -> None:
+    path, _ = cached_onnx(deployment, batch=BATCH, precision="int8", outputs="fused", cache=cache)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulInteger") == 12 * 4 - 3  # qkv, proj, fc1, fc2; last block qkv only
+    assert ops.count("MatMul") == 11 * 2 + 1  # attention products and the labelling stay fp32
+    int8 = replace(ORT, precision="int8")
+    result = check_parity(make_backend(int8, deployment, cache), make_backend(replace(int8, outputs="keys"), deployment, cache),
+                          deployment, frames, calibration_labels=reference.calibration_labels)
+    assert result.passed and result.key_cosine > 0.99, result.describe()
+
+
 def test_parity_gate_needs_the_calibration_frames(deployment, cache, frames, reference) -> None:
     ort = make_backend(ORT, deployment, cache)
     ort_keys = make_backend(KEYS, deployment, cache)

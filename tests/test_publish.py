@@ -205,7 +205,7 @@ def test_key_files(keys, tmp_path):
 def test_publisher_does_not_encode_without_subscribers():
     with Publisher(LOCAL) as pub:
         assert not pub.send(make_message(0)) and pub.sent == 0
-        with Subscriber(pub.address) as sub:
+        with Subscriber(pub.address):
             assert pub.wait_for_subscribers(1)
         deadline = time.monotonic() + 5
         while pub.subscriptions and time.monotonic() < deadline:

@@ -6,7 +6,6 @@ Random weights at a tiny model input: these tests check delivery, accounting and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from calibration.reference import Reference, ReferenceError
-from pipeline.infer.graph import DTYPES
+from pipeline.infer.graph import PRECISIONS
 from pipeline.infer.select import CHOICES
 from pipeline.segment.segmenter import BoneSegmenter
 
@@ -24,8 +24,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "fastest and reports each fallback with its reason",
     )
     p.add_argument(
-        "--precision", choices=sorted(DTYPES), default="fp32",
-        help="ViT precision (LayerNorm and labelling stay fp32); check fp16/bf16 engines with `bonestream export` first",
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); LayerNorm and labelling stay "
+        "fp32; check reduced-precision engines with `bonestream export` first",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -60,10 +60,10 @@ def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray
 
 def run(args: argparse.Namespace) -> int:
     reference = Reference.load(args.reference)
+    frames = calibration_frames(args.sources, reference)
     model, identity = load_model(weights_for(reference, args.weights), progress=args.progress)
     announce_weights(identity.label, identity.warning)
     deployment = Deployment.from_reference(model, identity.label, reference)
-    frames = calibration_frames(args.sources, reference)
     cache = EngineCache(args.cache_dir)
     thresholds = ParityThresholds(args.min_cosine, args.min_agreement)
     device_type = torch.device(args.device).type

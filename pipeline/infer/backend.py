@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from models.errors import BonestreamError
-from pipeline.infer.graph import DTYPES, SegmentationGraph, check_precision, engine_module
+from pipeline.infer.graph import SegmentationGraph, check_precision, engine_module
 from pipeline.infer.staging import Compute, StagedBackend, Staging
 
-__all__ = ["DTYPES", "Backend", "BackendUnavailable", "TorchBackend", "require_cuda"]
 
 CUDA_GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs asks
 

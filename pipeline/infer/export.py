@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import OUTPUT_NAMES, engine_module
+from pipeline.infer.quantize import quantize_linear_layers
 
 OPSET = 18
 INPUT_NAME = "frames"
@@ -43,8 +44,14 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str | Path, out
 
 
 def cached_onnx(deployment: Deployment, *, batch: int, precision: str, outputs: str, cache: EngineCache) -> tuple[Path, bool]:
-    """The deployment's ONNX file for one batch size, precision and output kind (exported on a cache miss)."""
+    """The deployment's ONNX file for one batch size, precision and output kind (exported on a cache miss).
+
+    int8 is the fp32 export with its linear layers quantised (see quantize.py).
+    """
     key = deployment.key("onnx", outputs=outputs, batch=batch, precision=precision, device="cpu")
+    if precision == "int8":
+        source, _ = cached_onnx(deployment, batch=batch, precision="fp32", outputs=outputs, cache=cache)
+        return cache.fetch(key, ".onnx", lambda path: quantize_linear_layers(source, path))
 
     def build(path: Path) -> None:
         module = engine_module(deployment.graph, deployment.input_size, precision, outputs)

@@ -16,6 +16,7 @@ from calibration.labelling import PatchLabeller
 from models.vit import DinoViT, grid_size
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = (*DTYPES, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
 OUTPUT_NAMES = {"fused": ("mask", "margin"), "keys": ("keys",)}  # what an engine returns, by kind
 
 

@@ -20,11 +20,11 @@ from pipeline.infer.backend import BackendUnavailable, require_cuda
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.export import INPUT_NAME, cached_onnx
-from pipeline.infer.graph import OUTPUT_NAMES, check_precision
+from pipeline.infer.graph import OUTPUT_NAMES
 from pipeline.infer.staging import Compute, StagedBackend, Staging
 
 PROVIDERS = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}  # on CUDA
-ONNX_PRECISIONS = ("fp32", "fp16")  # ONNX Conv has no bfloat16 type (opset 18)
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # ONNX Conv has no bfloat16 type (opset 18)
 ORT_TYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(uint8)": (np.uint8, torch.uint8)}  # graph outputs
 
 
@@ -82,12 +82,13 @@ class OnnxRuntimeBackend(StagedBackend):
     last_timings_ms: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
         dev = torch.device(self.device)
         if dev.type != "cpu":
             require_cuda(self.name, self.device)
         if self.precision not in ONNX_PRECISIONS:
             raise BackendUnavailable(f"{self.name}: precision {self.precision} cannot be exported (ONNX Conv has no bfloat16)")
+        if self.precision == "int8" and dev.type != "cpu":
+            raise BackendUnavailable(f"{self.name}: int8 (dynamic quantisation) runs on the CPU execution provider only")
         if self.name not in PROVIDERS or (dev.type == "cpu" and self.name != "onnxruntime"):
             raise BackendUnavailable(f"{self.name}: not an ONNX Runtime backend for {self.device}")
         wanted = "CPUExecutionProvider" if dev.type == "cpu" else PROVIDERS[self.name]

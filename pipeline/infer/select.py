@@ -46,6 +46,8 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
     """One backend by name; raises BackendUnavailable (with the reason) when it cannot run here."""
     cache = cache or EngineCache()
     name, device, precision, batch, outputs = spec.name, spec.device, spec.precision, spec.batch, spec.outputs
+    if precision == "int8" and name != "onnxruntime":
+        raise BackendUnavailable(f"{name}: int8 is built for onnxruntime on the CPU only (quantised ONNX graph)")
     if name in ("torch", "torch-compile"):
         if torch.device(device).type != "cpu":
             require_cuda(name, device)

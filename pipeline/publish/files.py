@@ -13,6 +13,9 @@ import av
 import cv2
 import numpy as np
 
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
+
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder and a rename, so no reader ever sees half a file."""
@@ -22,6 +25,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished output gets the permissions any file would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
