@@ -51,7 +51,7 @@ class BenchSettings:
 
     device: str = "cpu"
     backends: tuple[str, ...] = ("torch", "onnxruntime")
-    precisions: tuple[str, ...] = ("fp32", "int8")  # int8: onnxruntime only; bf16/fp16 are 7x slower on AVX2
+    precisions: tuple[str, ...] = ("fp32", "int8")  # int8: onnxruntime only; torch bf16/fp16 are ~5x slower on AVX2
     batches: tuple[int, ...] = (1, 4)
     frames: int = 20  # per configuration
     warmup: int = 1  # batches per configuration

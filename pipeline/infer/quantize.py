@@ -1,4 +1,4 @@
-"""int8 for CPUs without fast reduced-precision floats (AVX2: bf16/fp16 run 7x slower than fp32 there).
+"""int8 for CPUs without fast reduced-precision floats (AVX2: torch bf16/fp16 run ~5x slower than fp32 there).
 
 ONNX Runtime's dynamic quantisation turns the ViT's linear layers (qkv, proj, fc1, fc2: three quarters of its
 FLOPs) into int8 matrix products with int8 weights per output channel and uint8 activations scaled per call.
