@@ -103,6 +103,22 @@ def test_subscriber_resumes_after_publisher_restart():
     assert sub.missed == 0
 
 
+def test_subscriber_disconnects_and_reconnects_while_the_publisher_streams():
+    with Publisher(LOCAL) as pub:
+        with Subscriber(pub.address) as first:
+            assert pub.wait_for_subscribers(1)
+            pub.send(make_message(0))
+            assert first.recv(timeout=5).frame_id == 0
+        deadline = time.monotonic() + 5  # the unsubscription reaches the publisher: it stops encoding for nobody
+        while pub.send(make_message(1)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pub.subscriptions == 0
+        with Subscriber(pub.address) as again:
+            assert pub.wait_for_subscribers(1)
+            assert pub.send(make_message(2))
+            assert again.recv(timeout=5).frame_id == 2 and again.missed == 0
+
+
 def test_malformed_messages_are_counted_and_survived():
     ctx = zmq.Context()
     raw = ctx.socket(zmq.XPUB)

@@ -79,7 +79,8 @@ def test_replay_of_the_shared_mp4_publishes_every_frame_once_in_order(mp4_refere
     assert (tmp_path / "report" / "latency_cdf.png").stat().st_size > 10_000
 
 
-def test_sigint_mid_run_leaves_a_playable_recording(mp4_reference, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_leaves_a_playable_recording(mp4_reference, tmp_path: Path, sig: signal.Signals) -> None:
     mp4, ref = mp4_reference
     record = tmp_path / "rec"
     proc = subprocess.Popen(
@@ -91,7 +92,7 @@ def test_sigint_mid_run_leaves_a_playable_recording(mp4_reference, tmp_path: Pat
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and (not index.exists() or len(index.read_text().splitlines()) < 15):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "interrupted" in out
