@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import traceback
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from pipeline.capture.frame import Frame, Source
+from pipeline.latency import LatencyLog
 from pipeline.segment.overlay import draw_overlay
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
@@ -31,14 +33,16 @@ class Stopped(Exception):
 
 
 class Handoff:
-    """Bounded queue between two stages. ``drop_oldest``: a full queue discards its oldest item (counted)
-    instead of blocking the producer, so live latency never grows behind a slow stage."""
+    """Bounded queue between two stages. ``drop_oldest``: a full queue discards its oldest item instead of
+    blocking the producer, so live latency never grows behind a slow stage. Only the frame ids of dropped
+    items are kept (8 bytes each), never the frames: a long live run must not hold on to what it dropped."""
 
-    def __init__(self, name: str, maxsize: int, drop_oldest: bool) -> None:
+    def __init__(self, name: str, maxsize: int, drop_oldest: bool, frame_id: Callable[[Any], int] = int) -> None:
         self.name = name
         self.maxsize = maxsize
         self.drop_oldest = drop_oldest
-        self.dropped: list[Any] = []
+        self.frame_id = frame_id
+        self.dropped = array("q")  # frame ids, in drop order
         self._items: deque[Any] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -47,7 +51,7 @@ class Handoff:
         with self._cond:
             while not force and len(self._items) >= self.maxsize:
                 if self.drop_oldest:
-                    self.dropped.append(self._items.popleft())
+                    self.dropped.append(self.frame_id(self._items.popleft()))
                     break
                 if self._closed:
                     raise Stopped(self.name)
@@ -122,8 +126,7 @@ class RunSummary:
     output_errors: list[str] = field(default_factory=list)
     reconnects: int = 0  # live devices: outages recovered from, and their gaps (monotonic s)
     gaps: list[tuple[float, float]] = field(default_factory=list)
-    stamps: list[dict[str, int]] = field(default_factory=list)
-    model_ms: list[float] = field(default_factory=list)
+    latency: LatencyLog = field(default_factory=LatencyLog)  # per published frame: stage stamps, model time
     interrupted: bool = False
     wall_s: float = 0.0
 
@@ -168,9 +171,9 @@ class Pipeline:
         self.on_result = on_result
         self._stop = threading.Event()
         drop = self.live
-        self.to_infer = Handoff("infer", config.queue_size, drop)
-        self.to_label = Handoff("label", config.queue_size, drop)
-        self.to_publish = Handoff("publish", config.queue_size, drop)
+        self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
+        self.to_label = Handoff("label", config.queue_size, drop, _frame_id)
+        self.to_publish = Handoff("publish", config.queue_size, drop, _frame_id)
         self.summary = RunSummary(source.name, self.live)
         stamp = segmenter.weights.warning and "RANDOM WEIGHTS - plumbing only, not bone"
         self._stamp = stamp or None
@@ -286,8 +289,7 @@ class Pipeline:
                     log.warning("output %s failed on frame %s: %s", output.name, result.frame.id, exc)
             self.summary.processed += 1
             self.summary.published += delivered
-            self.summary.stamps.append(dict(result.stamps))
-            self.summary.model_ms.append(result.model_ms)
+            self.summary.latency.add(result.stamps, result.model_ms)
             if self.on_result is not None:
                 self.on_result(result)
 
@@ -326,7 +328,7 @@ class Pipeline:
         counts = self.drop_counts()
         if self.live or any(counts.values()):
             self.summary.dropped = counts
-            self.summary.dropped_ids = {h.name: [_frame_id(i) for i in h.dropped] for h in (self.to_infer, self.to_label, self.to_publish)}
+            self.summary.dropped_ids = {h.name: h.dropped.tolist() for h in (self.to_infer, self.to_label, self.to_publish)}
 
 
 def _frame_id(item: Any) -> int:

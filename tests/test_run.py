@@ -14,7 +14,7 @@ import pytest
 from pipeline.capture.frame import Frame, Source, now_ns
 from pipeline.capture.phantom import Phantom, PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
-from pipeline.latency import latency_report, write_latency_report
+from pipeline.latency import LatencyLog, latency_report, write_latency_report
 from pipeline.publish.outputs import MaskFiles
 from pipeline.run import Handoff, Pipeline, Result, RunConfig
 
@@ -48,7 +48,7 @@ def test_handoff_policies() -> None:
     live = Handoff("x", 2, drop_oldest=True)
     for i in range(5):
         live.put(i)
-    assert live.dropped == [0, 1, 2] and [live.get(), live.get()] == [3, 4]
+    assert live.dropped.tolist() == [0, 1, 2] and [live.get(), live.get()] == [3, 4]
     replay = Handoff("y", 1, drop_oldest=False)
     replay.put(1)
     assert replay.get(0) == 1
@@ -113,18 +113,18 @@ def test_stop_mid_run_drains_what_was_read(segmenter) -> None:
 
 def test_latency_report_json_and_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    stamps = []
+    log = LatencyLog(capacity=16)  # grows past its first capacity
     for i in range(60):
         t0 = i * 50_000_000
         inferred = t0 + int(rng.uniform(5, 9) * 1e6)
-        stamps.append({"captured": t0, "inferred": inferred, "labelled": inferred + 1_000_000, "published": inferred + 1_500_000})
-    report = latency_report(stamps, compute_ms={"model": [6.0] * 60}, meta={"device": "test"})
+        log.add({"captured": t0, "inferred": inferred, "labelled": inferred + 1_000_000, "published": inferred + 1_500_000}, 6.0)
+    report = latency_report(log, meta={"device": "test"})
     e2e = report["stages"]["end to end (captured -> published)"]
     assert report["frames_measured"] == 40 and e2e["count"] == 40
     assert 6.5 <= e2e["p50"] <= 10.5 and e2e["p99"] <= e2e["max"] and e2e["tail"] == pytest.approx(e2e["max"] - e2e["p95"])
     assert {"avg", "p90", "p95", "p99", "p99.9", "std", "flatness"} <= set(e2e)
     assert report["pipeline_overhead_ms"]["p50"] == pytest.approx(e2e["p50"] - 6.0)
-    json_path, png_path = write_latency_report(report, stamps, tmp_path)
+    json_path, png_path = write_latency_report(report, log, tmp_path)
     assert json.loads(json_path.read_text())["device"] == "test"
     image = cv2.imread(str(png_path))
     assert image is not None and image.shape[0] > 200

@@ -112,11 +112,11 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
         "frames": summary.to_dict(),
         "recorded_at_unix": time.time(),
     }
-    report = latency_report(summary.stamps, compute_ms={"model": summary.model_ms}, meta=meta)
+    report = latency_report(summary.latency, meta=meta)
     title = f"{Path(args.source).name}: {seg.backend.name}/{seg.backend.device}, input {seg.geometry.input_size[0]}x{seg.geometry.input_size[1]}"
     if seg.weights.is_random:
         title += " (RANDOM WEIGHTS)"
-    json_path, png_path = write_latency_report(report, summary.stamps, args.report, title=title)
+    json_path, png_path = write_latency_report(report, summary.latency, args.report, title=title)
     write_json_atomic(args.report / "run_summary.json", summary.to_dict())
     for line in summary.lines():
         print(line)
