@@ -69,6 +69,15 @@ def _growth(values: list[float], warmup: int) -> float:
     return float((last - first) / first * 100.0)
 
 
+def _slope_per_hour(times_s: list[float], values: list[float], warmup: int) -> float:
+    """Least-squares trend after warm-up, per hour: a slow leak hides inside a few percent over 30 minutes
+    but not in its rate (a bedside run lasts hours)."""
+    t, v = np.asarray(times_s[warmup:], dtype=np.float64), np.asarray(values[warmup:], dtype=np.float64)
+    if t.size < 4 or np.ptp(t) == 0:
+        return 0.0
+    return float(np.polyfit(t / 3600.0, v, 1)[0])
+
+
 def soak(config: SoakConfig) -> dict[str, Any]:
     phantom = PhantomConfig(height=256, width=320, n_frames=int(config.fps * 10), fps=config.fps)
     base = PhantomSource(phantom)
@@ -116,6 +125,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
         "frames": {"read": summary.read, "published": summary.published, "received_by_subscriber": received[0], "failed": len(summary.failed)},
         "rss_growth_pct": _growth([s["rss_mb"] for s in samples], warmup),
         "fd_growth_pct": _growth([s["fds"] for s in samples], warmup),
+        "rss_slope_mb_per_hour": _slope_per_hour([s["t_s"] for s in samples], [s["rss_mb"] for s in samples], warmup),
         "rss_mb": {"first": samples[0]["rss_mb"], "max": max(s["rss_mb"] for s in samples), "last": samples[-1]["rss_mb"]},
         "fds": {"first": samples[0]["fds"], "max": max(s["fds"] for s in samples), "last": samples[-1]["fds"]},
         "samples": samples,
@@ -135,7 +145,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     b.plot(t, [s["fds"] for s in result["samples"]], color="tab:orange")
     b.set_ylabel("open fds")
     b.set_xlabel("minutes")
-    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} %, fds {result['fd_growth_pct']:+.2f} %", fontsize=9)
+    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} % ({result['rss_slope_mb_per_hour']:+.1f} MiB/h), fds {result['fd_growth_pct']:+.2f} %", fontsize=9)
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     f = result["frames"]
     print(f"soak {args.minutes:g} min at {args.fps:g} fps ({result['weights']}): read {f['read']}, published {f['published']}, "
           f"subscriber received {f['received_by_subscriber']}, failed {f['failed']}")
-    print(f"RSS {result['rss_mb']['first']:.1f} -> {result['rss_mb']['last']:.1f} MiB (growth {result['rss_growth_pct']:+.2f} %), "
+    print(f"RSS {result['rss_mb']['first']:.1f} -> {result['rss_mb']['last']:.1f} MiB (growth {result['rss_growth_pct']:+.2f} %, trend {result['rss_slope_mb_per_hour']:+.1f} MiB/h), "
           f"fds {result['fds']['first']} -> {result['fds']['last']} (growth {result['fd_growth_pct']:+.2f} %)")
     print(f"wrote {args.out / 'soak.json'} and {args.out / 'soak.png'}")
     return 0 if abs(result["rss_growth_pct"]) < 5 and abs(result["fd_growth_pct"]) < 5 else 1
