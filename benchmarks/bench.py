@@ -25,20 +25,21 @@ import torch
 
 from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames
 from benchmarks.report import RESULTS, add_ratios, describe_device, device_info, device_slug, summarize_run, write_results
-from benchmarks.runner import Config, Run, memory_in_use_mb, take_turns, warm_up
+from benchmarks.runner import HOST_STAGES, Config, Run, Wire, memory_in_use_mb, take_turns, warm_up
 from benchmarks.streams import StreamLoad, paced_streams
 from benchmarks.targets import EQUAL_LABELS, check_targets
 from calibration.calibrate import calibrate
 from calibration.reference import Reference
 from models.loader import load_model
-from models.preprocess import Geometry, detect_roi, parse_size
+from models.preprocess import RESAMPLING, Geometry, detect_roi, parse_size
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
-from pipeline.infer.graph import DTYPES, SegmentationGraph
+from pipeline.infer.graph import DTYPES
 from pipeline.infer.select import BACKENDS, BackendSpec, make_backend
+from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
@@ -56,8 +57,9 @@ class BenchSettings:
     frames: int = 20  # per configuration
     warmup: int = 1  # batches per configuration
     turn: int = 4  # frames per configuration per turn
-    input_size: tuple[int, int] = (224, 224)
+    input_size: tuple[int, int] | None = (224, 224)  # None: the clip's own geometry (short side 224, aspect kept)
     stride: int = 8
+    resampling: str = "lanczos"  # host (OpenCV) or device (bilinear-aa, bicubic-aa) resampling
     weights: str = "random:0"
     reference: str | None = None  # a reference file; None calibrates on calibration_frames of the clip
     calibration_frames: int = 4
@@ -99,7 +101,7 @@ def calibrated_reference(s: BenchSettings, frames: FrameSet, model: DinoViT, ide
         return Reference.load(s.reference)
     picks = np.linspace(0, len(frames.images) - 1, min(s.calibration_frames, len(frames.images))).round().astype(int)
     images = [frames.images[i] for i in picks]
-    geometry = Geometry.fit(images[0].shape[:2], detect_roi(images), input_size=s.input_size, stride=s.stride)
+    geometry = Geometry.fit(images[0].shape[:2], detect_roi(images), input_size=s.input_size, stride=s.stride, resampling=s.resampling)
     return calibrate(model, identity, geometry, images, [frames.names[i] for i in picks], progress=False, device=s.device)
 
 
@@ -144,14 +146,11 @@ def original_cost(bench: Bench) -> dict[str, Any] | None:
     s = bench.settings
     if not s.baseline_frames:
         return None
-    graph = SegmentationGraph(bench.model, bench.reference.labeller(), ORIGINAL_STRIDE)
-    backend = TorchBackend(graph, s.device, "fp32", 1)
     geometry = replace(bench.reference.geometry, stride=ORIGINAL_STRIDE)
-    data = [geometry.preprocess(bench.frames.images[i % len(bench.frames.images)]) for i in range(s.baseline_frames)]
-    backend(data[0][None])  # warm-up: specialisation and first-call allocation
+    backend = TorchBackend(replace(bench.deployment, geometry=geometry), s.device, "fp32", 1)
     times = []
-    for x in data:
-        backend(x[None])
+    for i in range(s.baseline_frames):
+        backend(geometry.planes([bench.frames.images[i % len(bench.frames.images)]]))
         times.append(backend.last_timings_ms["model_labelling"])
     return {"input_size": list(geometry.input_size), "stride": ORIGINAL_STRIDE, "grid": list(geometry.grid), "model_ms": summarize(times)}
 
@@ -160,7 +159,7 @@ def labelling_cost(bench: Bench, calls: int = 50) -> dict[str, Any]:
     """The fused labelling alone (fp32, torch, on the device) on keys of the deployment's grid: its share of the
     model + labelling stage, which the fused engines cannot split."""
     s = bench.settings
-    labeller = bench.reference.labeller().to(s.device)
+    labeller = bench.reference.labeller(s.device)
     keys = torch.randn(1, *bench.reference.geometry.grid, 384, device=s.device)
     times = []
     with torch.inference_mode():
@@ -171,6 +170,17 @@ def labelling_cost(bench: Bench, calls: int = 50) -> dict[str, Any]:
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1e3)
     return summarize(times[1:])
+
+
+def host_work(runs: list[Run]) -> dict[str, Any]:
+    """Per frame, everything but the model (prepare, transfers, mask + overlay, encode, publish) of each batch-1
+    run: the host's share the GPU waits on."""
+    out = {}
+    for run in runs:
+        if run.config.batch == 1:
+            per_batch = np.sum([run.stages[stage] for stage in HOST_STAGES], axis=0)
+            out[run.config.label] = summarize(per_batch)
+    return out
 
 
 def peak_memory_mb(device: str) -> dict[str, float]:
@@ -200,7 +210,11 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
     print(f"preparing: {s.frames} frames per configuration, {s.warmup} warm-up batches on {describe_device(info)}", flush=True)
     bench = prepare(s)
     runs = build_runs(bench)
-    take_turns(runs, bench.frames, s.frames, s.turn)
+    wire = Wire()
+    try:
+        take_turns(runs, bench.frames, s.frames, s.turn, wire, MessageFactory(runs[0].segmenter, "bench"))
+    finally:
+        wire.close()
     baseline = original_cost(bench)
     rows = [summarize_run(run, runs[0]) for run in runs]
     add_ratios(rows, rows[0]["model_ms_per_frame"], baseline["model_ms"]["p50"] if baseline else None)
@@ -222,6 +236,8 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
         },
         "decode_ms": summarize(bench.frames.decode_ms),
         "labelling_ms": labelling_cost(bench),
+        "host_work_ms": host_work(runs),
+        "wire": wire.counters(),
         "runs": rows,
         "baseline": baseline,
         "skipped": bench.skipped,
@@ -232,6 +248,10 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
     doc["targets"] = check_targets(doc)
     out = s.out or RESULTS / doc["meta"]["device_slug"]
     return doc, write_results(doc, out, s.tag)
+
+
+def _input_size(text: str) -> tuple[int, int] | str:
+    return "clip" if text == "clip" else parse_size(text)
 
 
 def _csv(kind: type) -> Any:
@@ -247,7 +267,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="frames per configuration (GPU default 1000, CPU 20)")
     p.add_argument("--warmup", type=int, help="warm-up batches per configuration (GPU 10, CPU 1)")
     p.add_argument("--turn", type=int, help="frames per configuration per turn (configurations alternate)")
-    p.add_argument("--input-size", type=parse_size, help="model input HxW (default 224x224)")
+    p.add_argument("--input-size", type=_input_size, help="model input HxW (default 224x224), or 'clip' for the clip's own geometry")
+    p.add_argument("--resampling", choices=RESAMPLING, help="lanczos (host, default) or a device resampling such as bilinear-aa")
     p.add_argument("--stride", type=int, choices=(8, 4))
     p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
     p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")
@@ -264,6 +285,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     base = BenchSettings.for_device(args.device)
     given = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if getattr(args, f.name, None) is not None}
+    if given.get("input_size") == "clip":
+        given["input_size"] = None
     return replace(base, **given)
 
 

@@ -1,28 +1,38 @@
 """Run benchmark configurations side by side on the same frames, timing every stage of every batch.
 
-Stages follow a frame from memory to a published message: preprocess (crop, resize, normalise), host-to-device,
-model + labelling, device-to-host (the backend's own timings: CUDA events on the GPU), publish (patch mask to frame
-resolution and the message serialised); end to end spans them all. Decode is timed separately, as Holoscan does.
-Configurations take turns (``turn`` batches each) so that load from other processes falls on all of them alike.
+Stages follow a frame from memory to a message received by a subscriber, through the product's own code: prepare
+(the host's uint8 plane), host-to-device, model + labelling, mask + overlay, device-to-host (``BoneSegmenter.predict``;
+CUDA events on the GPU), encode (overlay JPEG once, mask to the host, the message: ``encode_prediction`` and
+``MessageFactory``) and publish (sent on a real ZeroMQ PUB socket on loopback, with a subscriber draining it);
+end to end spans them all. Decode is timed separately, as Holoscan does. Configurations take turns (``turn``
+frames each) so that load from other processes falls on all of them alike.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
 import torch
+import zmq
 
 from benchmarks.frames import FrameSet
-from pipeline.infer.backend import Backend
-from pipeline.infer.staging import STAGES
-from pipeline.segment.segmenter import BoneSegmenter, Prediction
+from pipeline.capture.frame import Frame
+from pipeline.publish.encode import encode_prediction
+from pipeline.publish.message import MessageError, decode_header
+from pipeline.publish.outputs import MessageFactory
+from pipeline.publish.publisher import Publisher
+from pipeline.publish.subscriber import Subscriber
+from pipeline.run import Result
+from pipeline.segment.segmenter import STAGES as FRAME_STAGES
+from pipeline.segment.segmenter import BoneSegmenter
 
-STAGE_ORDER = ("preprocess", *STAGES, "publish", "end_to_end")
+STAGE_ORDER = ("prepare", *FRAME_STAGES, "encode", "publish", "end_to_end")
+HOST_STAGES = tuple(s for s in STAGE_ORDER if s not in ("model_labelling", "end_to_end"))  # all but the model
 
 
 @dataclass(frozen=True)
@@ -44,11 +54,67 @@ def memory_in_use_mb(device: str) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def publish(prediction: Prediction, name: str) -> list[bytes]:
-    """The message a publisher would send: topic, JSON header, frame-resolution mask (no socket: transport is not
-    what is measured here)."""
-    header = {"frame": name, "foreground": prediction.foreground_fraction, "confidence": prediction.confidence}
-    return [b"mask", json.dumps(header).encode(), prediction.mask.tobytes()]
+class Wire:
+    """A real publisher on a loopback port and one subscriber draining it on a thread: the publish stage sends
+    what ``bonestream run`` sends, to someone who reads it. The subscriber validates every message's header and
+    parts (``decode_header``: schema, sizes, the JPEG's frame header) but decodes no pixels: a viewer does that in
+    its own process, and here it would take the benchmark's cores."""
+
+    def __init__(self) -> None:
+        self.publisher = Publisher("tcp://127.0.0.1:*", sndhwm=64)
+        address = self.publisher.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.subscriber = Subscriber(address, rcvhwm=64)
+        self.received = self.malformed = 0
+        self._stop = threading.Event()
+        if not self.publisher.wait_for_subscribers(1, timeout=10):
+            raise RuntimeError(f"benchmark subscriber did not connect to {address}")
+        self._thread = threading.Thread(target=self._drain, name="bench-subscriber", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        socket = self.subscriber.socket
+        while not self._stop.is_set():
+            if not socket.poll(200):
+                continue
+            try:
+                decode_header(socket.recv_multipart(copy=True))
+                self.received += 1
+            except MessageError:
+                self.malformed += 1
+
+    def counters(self) -> dict[str, int]:
+        return {"sent": self.publisher.sent, "received": self.received, "malformed": self.malformed}
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 5
+        while self.received + self.malformed < self.publisher.sent and time.monotonic() < deadline:
+            time.sleep(0.05)  # let the subscriber take what is in flight
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.subscriber.close()
+        self.publisher.close()
+
+
+def publish_batch(segmenter: BoneSegmenter, frames: list[Frame], wire: Wire, make: MessageFactory, *, overlay: bool) -> tuple[list[np.ndarray], dict[str, float]]:
+    """One batch through every stage the pipeline runs: per-stage ms of the batch, and the patch masks."""
+    t0 = time.perf_counter()
+    predictions = segmenter.predict([f.image for f in frames], [f.name for f in frames], overlay=overlay, tensors=segmenter.device.type == "cuda")
+    t1 = time.perf_counter()
+    inferred = time.monotonic_ns()
+    results = []
+    for frame, prediction in zip(frames, predictions):
+        result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred})
+        result.overlay_jpeg = encode_prediction(prediction, jpeg=overlay, raw_overlay=False)
+        result.stamps["labelled"] = time.monotonic_ns()
+        result.message = make(result)
+        results.append(result)
+    t2 = time.perf_counter()
+    for result in results:
+        wire.publisher.send(result.message)
+    t3 = time.perf_counter()
+    stages = {stage: sum(p.timings_ms[stage] for p in predictions) for stage in ("prepare", *FRAME_STAGES)}
+    stages.update(encode=(t2 - t1) * 1e3, publish=(t3 - t2) * 1e3, end_to_end=(t3 - t0) * 1e3)
+    return [np.asarray(p.patch_mask) for p in predictions], stages
 
 
 @dataclass
@@ -66,39 +132,27 @@ class Run:
     cursor: int = 0  # next frame index (cycles over the frame set)
 
     @property
-    def backend(self) -> Backend:
+    def backend(self):
         return self.segmenter.backend
 
-    def step(self, frames: FrameSet) -> None:
+    def step(self, frames: FrameSet, wire: Wire, make: MessageFactory, overlay: bool = True) -> None:
         """One batch through every stage."""
         n = self.config.batch
         indices = [(self.cursor + i) % len(frames.images) for i in range(n)]
         self.cursor += n
-        images = [frames.images[i] for i in indices]
-        names = [frames.names[i] for i in indices]
-        t0 = time.perf_counter()
-        batch = self.segmenter.prepare(images, names)
-        t1 = time.perf_counter()
-        masks, margins = self.backend(batch)
-        t2 = time.perf_counter()
-        for name, mask, margin in zip(names, masks, margins):
-            publish(self.segmenter.finish(mask, margin), name)
-        t3 = time.perf_counter()
-        timings = self.backend.last_timings_ms
-        for stage, ms in (("preprocess", t1 - t0), ("publish", t3 - t2), ("end_to_end", t3 - t0)):
-            self.stages[stage].append(ms * 1e3)
-        for stage in STAGES:
-            self.stages[stage].append(timings[stage])
+        batch = [Frame(i, frames.images[i], frames.names[i], None, time.monotonic_ns()) for i in indices]
+        masks, stages = publish_batch(self.segmenter, batch, wire, make, overlay=overlay)
+        for stage, ms in stages.items():
+            self.stages[stage].append(ms)
         for i, mask in zip(indices, masks):
             self.masks.setdefault(i, mask)
 
 
 def warm_up(segmenter: BoneSegmenter, frames: FrameSet, batch: int, count: int) -> None:
-    """``count`` untimed batches: first-call work (compilation, CUDA-graph capture, allocator growth) is not latency."""
+    """``count`` untimed batches (allocator growth, caches) after the build's own warm-up and capture."""
     images = [frames.images[i % len(frames.images)] for i in range(batch)]
-    data = segmenter.prepare(images)
     for _ in range(count):
-        segmenter.backend(data)
+        segmenter.predict(images, overlay=True)
 
 
 class OtherLoad:
@@ -120,7 +174,7 @@ class OtherLoad:
         return max(0.0, (now[1] - busy0) - (now[2] - mine0)) / max(now[0] - t0, 1e-9)
 
 
-def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int) -> None:
+def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int, wire: Wire, make: MessageFactory) -> None:
     """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation."""
     others = OtherLoad()
     goal = 0
@@ -129,6 +183,6 @@ def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int) -> None
         for run in runs:
             others.cores()
             while run.cursor < goal:
-                run.step(frames)
+                run.step(frames, wire, make)
             run.others_cores.append(others.cores())
             run.loadavg.append(os.getloadavg()[0])

@@ -32,7 +32,7 @@ from pipeline.capture.pacing import paced
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
 from pipeline.infer.backend import TorchBackend
-from pipeline.infer.graph import SegmentationGraph
+from pipeline.infer.deployment import Deployment
 from pipeline.publish.files import write_bytes_atomic, write_json_atomic
 from pipeline.publish.outputs import MessageFactory, ZmqOutput
 from pipeline.publish.publisher import Publisher
@@ -56,7 +56,7 @@ def _segmenter(frames: list[np.ndarray], input_size: tuple[int, int]) -> BoneSeg
     geometry = Geometry.fit(frames[0].shape, input_size=input_size, resampling="area")
     ref = calibrate(model, identity, geometry, frames, [f"ref{i}" for i in range(len(frames))],
                     CalibrationSettings(kmeans=KMeansSettings(k=4, sample_interval=1)), progress=False)
-    return BoneSegmenter(ref, TorchBackend(SegmentationGraph(model, ref.labeller(), geometry.stride)), identity)
+    return BoneSegmenter(ref, TorchBackend(Deployment.from_reference(model, identity.label, ref)), identity)
 
 
 def _growth(values: list[float], warmup: int) -> float:
@@ -89,7 +89,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
     publisher = Publisher(address)
     subscriber = Subscriber(address)
     publisher.wait_for_subscribers(1, timeout=10)
-    pipeline = Pipeline(source, seg, [ZmqOutput(publisher, MessageFactory(seg, "soak"))], RunConfig(live=False))
+    pipeline = Pipeline(source, seg, [ZmqOutput(publisher)], RunConfig(live=False, make_message=MessageFactory(seg, "soak")))
     received = [0]
     done = threading.Event()
 

@@ -1,7 +1,7 @@
 """Several paced streams on one device: do all of them keep up, and at what latency?
 
 Each stream delivers frames at its own rate, the streams staggered evenly within a frame period. One worker takes
-every frame that has arrived (oldest first, up to the engine's static batch), labels and publishes them; a frame's
+every frame that has arrived (oldest first, up to the engine's static batch), labels them and encodes their overlays; a frame's
 latency runs from its arrival to its message. Nothing is dropped, so falling behind shows as growing latency.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.frames import FrameSet
-from benchmarks.runner import publish
+from pipeline.publish.encode import encode_prediction
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
@@ -32,7 +32,7 @@ def paced_streams(segmenter: BoneSegmenter, frames: FrameSet, load: StreamLoad) 
     arrivals = deque(sorted(start + s * period / load.streams + k * period for s in range(load.streams) for k in range(per_stream)))
     pending: deque[float] = deque()
     latencies: list[float] = []
-    batch = segmenter.backend.batch
+    batch = segmenter.batch
     index = 0
     while arrivals or pending:
         now = time.perf_counter()
@@ -44,9 +44,8 @@ def paced_streams(segmenter: BoneSegmenter, frames: FrameSet, load: StreamLoad) 
         taken = [pending.popleft() for _ in range(min(batch, len(pending)))]
         images = [frames.images[(index + i) % len(frames.images)] for i in range(len(taken))]
         index += len(taken)
-        masks, margins = segmenter.backend(segmenter.prepare(images))
-        for i, (mask, margin) in enumerate(zip(masks, margins)):
-            publish(segmenter.finish(mask, margin), f"stream frame {index + i}")
+        for prediction in segmenter.predict(images, overlay=True, tensors=segmenter.device.type == "cuda"):
+            encode_prediction(prediction, jpeg=True, raw_overlay=False)
         done = time.perf_counter()
         latencies += [(done - arrived) * 1e3 for arrived in taken]
     stats = summarize(latencies)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -15,9 +15,11 @@ from calibration.clustering import Clustering, KMeansSettings, cluster
 from calibration.reference import Reference
 from calibration.saliency import ORIGINAL_HEADS, resize_nearest, saliency_maps
 from calibration.voting import VoteSettings, vote
+from models.encoder import build_encoder
 from models.errors import BonestreamError
+from models.placement import device_guard
 from models.preprocess import Geometry
-from models.vit import DinoViT
+from models.vit import DinoViT, KeyOutput
 from models.weights import WeightsIdentity
 
 
@@ -51,8 +53,7 @@ def versions() -> dict[str, str]:
     return {"bonestream": version("bonestream"), "torch": torch.__version__, "faiss": faiss.__version__, "numpy": np.__version__}
 
 
-@torch.no_grad()
-def extract(
+def key_batches(
     model: DinoViT,
     geometry: Geometry,
     images: Sequence[np.ndarray],
@@ -62,15 +63,26 @@ def extract(
     batch_size: int = 4,
     progress: bool = True,
     device: str | torch.device = "cpu",
+) -> Iterator[KeyOutput]:
+    """Keys (and CLS attention) of frames through ``geometry``, batch by batch, on ``device``: computed by the same
+    encoder the runtime engines are built from (uint8 planes in, normalisation in the graph), built there."""
+    encoder = build_encoder(model, geometry, device)
+    with torch.inference_mode(), device_guard(device) as dev:
+        for start in tqdm(range(0, len(images), batch_size), desc="keys", unit="batch", disable=not progress):
+            planes = geometry.planes(images[start : start + batch_size], names[start : start + batch_size])
+            yield encoder(torch.from_numpy(planes).to(dev), attention=attention)
+
+
+def extract(
+    model: DinoViT, geometry: Geometry, images: Sequence[np.ndarray], names: Sequence[str], *, attention: bool = True,
+    batch_size: int = 4, progress: bool = True, device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Keys (N x h x w x 384) and CLS attention (N x heads x h x w) of frames through ``geometry``."""
+    """Keys (N x h x w x 384) and CLS attention (N x heads x h x w) of frames, in host memory."""
     keys, att = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="keys", unit="batch", disable=not progress):
-        batch = geometry.preprocess_batch(images[start : start + batch_size], names[start : start + batch_size])
-        out = model(torch.from_numpy(batch).to(device), stride=geometry.stride, attention=attention)
-        keys.append(out.keys.float().cpu().numpy())
+    for out in key_batches(model, geometry, images, names, attention=attention, batch_size=batch_size, progress=progress, device=device):
+        keys.append(out.keys.cpu().numpy())
         if attention:
-            att.append(out.attention.float().cpu())
+            att.append(out.attention.cpu())
     return np.concatenate(keys), (torch.cat(att).numpy() if attention else None)
 
 

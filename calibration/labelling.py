@@ -7,6 +7,9 @@ reproduces the calibration's labels on the reference frames and extends them to 
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +33,13 @@ class PatchLabeller(nn.Module):
         self.register_buffer("centroids", centroids.float().contiguous())
         self.register_buffer("centroid_sq", centroids.float().pow(2).sum(dim=1))
         self.register_buffer("foreground", foreground.bool())
+
+    @classmethod
+    def build(cls, centroids: np.ndarray, foreground: Sequence[int], device: str | torch.device = "cpu") -> "PatchLabeller":
+        """A labeller with its own copy of ``centroids`` (k x D) on ``device``; ``foreground`` lists the bone clusters."""
+        flags = torch.zeros(centroids.shape[0], dtype=torch.bool, device=device)
+        flags[list(foreground)] = True
+        return cls(torch.tensor(centroids, dtype=torch.float32, device=device), flags)
 
     def distances(self, keys: torch.Tensor) -> torch.Tensor:
         x = F.normalize(keys.float(), dim=-1)

@@ -89,10 +89,8 @@ class Reference:
         """Short content hash naming this calibration in messages and reports."""
         return hashlib.sha256(_canonical(self.payload())).hexdigest()[:16]
 
-    def labeller(self) -> PatchLabeller:
-        fg = torch.zeros(self.k, dtype=torch.bool)
-        fg[list(self.foreground)] = True
-        return PatchLabeller(torch.from_numpy(self.centroids.astype(np.float32)), fg)
+    def labeller(self, device: str | torch.device = "cpu") -> PatchLabeller:
+        return PatchLabeller.build(self.centroids, self.foreground, device)
 
     def save(self, path: str | Path) -> None:
         payload = self.payload()

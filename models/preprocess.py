@@ -3,12 +3,16 @@
 Calibration stores a ``Geometry`` in the reference file and the runtime uses that same object, so crop,
 resize, grid and the mapping of patch labels back onto the full frame can never drift apart. Keys of the
 last block carry positional signal: a different grid or resampling would move every descriptor.
+
+The host's share is small and uint8 throughout: ``plane`` turns a frame into the one uint8 plane that crosses to
+the device. With a host resampling (OpenCV, exact and reproducible on any machine) that plane is the resized ROI;
+with a device resampling (torch's antialiased resize) it is the whole gray frame, and crop and resize run in the
+graph (``models.encoder.ModelInput``). Normalisation always runs in the graph, folded into the patch embedding.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
@@ -18,14 +22,19 @@ from models.errors import FrameError
 from models.vit import grid_size
 from models.weights import PATCH
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # applied in the graph (models.encoder), folded into the patch embedding
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESAMPLING = {
+HOST_RESAMPLING = {  # OpenCV on the host, uint8 in and out
     "lanczos": cv2.INTER_LANCZOS4,  # the original extractor resizes with Lanczos
     "area": cv2.INTER_AREA,
     "linear": cv2.INTER_LINEAR,
     "cubic": cv2.INTER_CUBIC,
 }
+DEVICE_RESAMPLING = {  # torch on the model's device, antialiased (F.interpolate(antialias=True)), float out
+    "bilinear-aa": "bilinear",
+    "bicubic-aa": "bicubic",
+}
+RESAMPLING = (*HOST_RESAMPLING, *DEVICE_RESAMPLING)
 
 
 def to_gray(image: np.ndarray, where: str = "frame") -> np.ndarray:
@@ -89,7 +98,7 @@ class Geometry:
         if min(fh, fw, rh, rw) <= 0 or top < 0 or left < 0 or top + rh > fh or left + rw > fw:
             raise FrameError(f"geometry: roi {self.roi} (top, left, height, width) does not fit frame {fh}x{fw}")
         if self.resampling not in RESAMPLING:
-            raise FrameError(f"geometry: resampling {self.resampling!r} is not one of {sorted(RESAMPLING)}")
+            raise FrameError(f"geometry: resampling {self.resampling!r} is not one of {', '.join(RESAMPLING)}")
         try:
             grid_size(*self.input_size, self.stride, self.patch)
         except ValueError as exc:
@@ -126,18 +135,28 @@ class Geometry:
         top, left, h, w = self.roi
         return to_gray(image, where)[top : top + h, left : left + w]
 
-    def preprocess(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
-        """3 x H x W float32, ImageNet-normalised; gray is replicated to the three channels."""
-        roi = self.crop(image, where)
-        h, w = self.input_size
-        resized = cv2.resize(roi, (w, h), interpolation=RESAMPLING[self.resampling]).astype(np.float32) / 255.0
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return (resized[None] - mean) / std
+    @property
+    def on_device(self) -> bool:
+        """True when crop and resize run in the graph on the device (a device resampling)."""
+        return self.resampling in DEVICE_RESAMPLING
 
-    def preprocess_batch(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+    @property
+    def plane_size(self) -> tuple[int, int]:
+        """Height x width of the uint8 plane the engine takes: the resized ROI, or the whole frame (device resize)."""
+        return tuple(self.frame_size) if self.on_device else tuple(self.input_size)  # type: ignore[return-value]
+
+    def plane(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
+        """The uint8 plane of one frame for the engine (see the module docstring): no float work on the host."""
+        if self.on_device:
+            self.check_frame(image, where)
+            return to_gray(image, where)
+        h, w = self.input_size
+        return cv2.resize(self.crop(image, where), (w, h), interpolation=HOST_RESAMPLING[self.resampling])
+
+    def planes(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+        """N x plane_size uint8, frames named in errors by ``names`` (default ``frame i``)."""
         names = names or [f"frame {i}" for i in range(len(images))]
-        return np.stack([self.preprocess(image, name) for image, name in zip(images, names)])
+        return np.stack([self.plane(image, name) for image, name in zip(images, names)])
 
     def _nearest_patch(self, roi_len: int, input_len: int, grid_len: int) -> np.ndarray:
         # Centre of ROI pixel i in model-input pixels, then the patch whose centre (j*stride + (patch-1)/2) is nearest.
@@ -145,25 +164,17 @@ class Geometry:
         index = np.rint((centres - (self.patch - 1) / 2) / self.stride).astype(np.int64)
         return np.clip(index, 0, grid_len - 1)
 
-    @cached_property
-    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
-        _, _, rh, rw = self.roi
+    def frame_lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """For every frame row and column, the patch row / column whose centre is nearest; ``grid`` (one past the
+        last patch) outside the ROI, so a patch map padded with one empty row and column maps onto the full frame
+        with two gathers."""
+        top, left, rh, rw = self.roi
         gh, gw = self.grid
-        return self._nearest_patch(rh, self.input_size[0], gh), self._nearest_patch(rw, self.input_size[1], gw)
-
-    def patch_to_roi(self, patch_map: np.ndarray) -> np.ndarray:
-        """Patch-grid map -> ROI resolution, each pixel taking its nearest patch centre."""
-        if patch_map.shape[:2] != self.grid:
-            raise FrameError(f"patch map {patch_map.shape[:2]} does not match the geometry's grid {self.grid}")
-        rows, cols = self._lookup
-        return patch_map[rows][:, cols]  # two 1-D gathers: much cheaper than one 2-D fancy index
-
-    def patch_to_frame(self, patch_map: np.ndarray, fill: Any = 0) -> np.ndarray:
-        """Patch-grid map -> full frame resolution, ``fill`` outside the ROI."""
-        out = np.full(tuple(self.frame_size) + patch_map.shape[2:], fill, dtype=patch_map.dtype)
-        top, left, h, w = self.roi
-        out[top : top + h, left : left + w] = self.patch_to_roi(patch_map)
-        return out
+        rows = np.full(self.frame_size[0], gh, np.int64)
+        cols = np.full(self.frame_size[1], gw, np.int64)
+        rows[top : top + rh] = self._nearest_patch(rh, self.input_size[0], gh)
+        cols[left : left + rw] = self._nearest_patch(rw, self.input_size[1], gw)
+        return rows, cols
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

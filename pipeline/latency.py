@@ -17,9 +17,9 @@ from pipeline.stats import summarize
 # Consecutive timestamps each frame carries, in pipeline order; a stage is the span between two of them.
 MARKS = ("captured", "inferred", "labelled", "published")
 STAGES = {
-    "inference (capture -> keys -> labels)": ("captured", "inferred"),
-    "mask + overlay": ("inferred", "labelled"),
-    "publish": ("labelled", "published"),
+    "frame path (capture -> labels, mask, overlay)": ("captured", "inferred"),
+    "encode (JPEG, message)": ("inferred", "labelled"),
+    "publish (output queue, send)": ("labelled", "published"),
     "end to end (captured -> published)": ("captured", "published"),
 }
 
@@ -28,7 +28,7 @@ class LatencyLog:
     """Per published frame, in order: its MARKS (monotonic ns) and the model's compute time (ms).
 
     Kept in growable arrays, 36 bytes a frame (a dict per frame took ~390, which a soak showed as steady RSS
-    growth): a 12-hour bedside run at 30 fps keeps ~47 MB. Written by the publish thread only."""
+    growth): a 12-hour bedside run at 30 fps keeps ~47 MB. Written by one thread only (the first output's worker)."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self._marks = np.zeros((capacity, len(MARKS)), np.int64)

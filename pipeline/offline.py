@@ -20,7 +20,7 @@ from pipeline.capture.frame import Frame, Source
 from pipeline.capture.open import open_sources, sample_frames
 from pipeline.capture.images import ImageSource
 from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
-from pipeline.segment.overlay import draw_overlay
+from pipeline.segment.segmenter import STAGES as FRAME_STAGES
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
@@ -81,7 +81,6 @@ class SegmentRun:
 
 def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batch_size: int, overlay: bool, progress: bool) -> None:
     masks_dir = run.out_dir / "masks"
-    stamp = seg.weights.warning and "RANDOM WEIGHTS - plumbing only, not bone"
     writer = None
     if overlay and not isinstance(source, ImageSource):  # streams get an overlay video, image sets overlay PNGs
         path = run.out_dir / f"{source.stem}_overlay.mp4"
@@ -94,15 +93,14 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
         with tqdm(total=source.count, desc=source.stem, unit="frame", disable=not progress) as bar:
             for batch in batched(source, batch_size):
                 t0 = time.perf_counter()
-                predictions = seg.predict([f.image for f in batch], [f"{source.name} frame {f.id}" for f in batch])
+                predictions = seg.predict([f.image for f in batch], [f"{source.name} frame {f.id}" for f in batch], overlay=overlay)
                 for frame, pred in zip(batch, predictions):
                     write_png_atomic(masks_dir / f"{frame.name}.png", pred.mask)
-                    if overlay:
-                        rgb = draw_overlay(frame.image, pred.mask, stamp=stamp)
+                    if pred.overlay is not None:
                         if writer is not None:
-                            writer.write(rgb)
+                            writer.write(pred.overlay)
                         else:
-                            write_png_atomic(run.out_dir / "overlays" / f"{frame.name}.png", rgb)
+                            write_png_atomic(run.out_dir / "overlays" / f"{frame.name}.png", pred.overlay)
                     run.frames.append(
                         {
                             "source": source.name,
@@ -133,7 +131,7 @@ def segment_sources(
     started = time.time()
     for source in sources:
         _segment_source(seg, source, run, batch_size=batch_size, overlay=overlay, progress=progress)
-    stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("preprocess", "infer", "postprocess")}
+    stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("prepare", *FRAME_STAGES)}
     summary = {
         "frames": len(run.frames),
         "sources": run.sources,

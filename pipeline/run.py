@@ -1,8 +1,11 @@
-"""The streaming pipeline: capture -> infer -> label + overlay -> publish, one thread per stage.
+"""The streaming pipeline: capture -> frame path -> encode -> outputs, one thread per stage and per output.
 
-Stages hand frames over through small bounded queues with one of two policies (Holoscan's lesson):
-live input keeps the newest frame and counts every drop per stage; replay runs in lock-step and drops
-nothing, so every frame read is either published or reported failed, by id.
+capture reads frames; the frame path is ``BoneSegmenter.predict`` (upload, model + labels, mask + overlay, all on
+the model's device; on CUDA the results stay there as tensors); encode brings the mask to the host, encodes the
+overlay once (nvJPEG on CUDA, OpenCV on the CPU) and builds the message once; each output then runs on its own
+worker behind its own queue, so no output sits on the inference path. Every edge declares its policy (Holoscan's
+lesson): live input keeps the newest frame and counts every drop per stage and per output; replay runs in
+lock-step and drops nothing, so every frame read is published or reported failed, by id.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import logging
 import threading
 import time
 import traceback
-from array import array
-from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-import numpy as np
+import torch
 
+from models.errors import FrameError
 from pipeline.capture.frame import Frame, Source
+from pipeline.handoff import Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
-from pipeline.segment.overlay import draw_overlay
+from pipeline.publish.encode import encode_prediction
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
 log = logging.getLogger(__name__)
@@ -28,76 +32,27 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-class Stopped(Exception):
-    """A hand-off was closed because the run is ending."""
-
-
-class Handoff:
-    """Bounded queue between two stages. ``drop_oldest``: a full queue discards its oldest item instead of
-    blocking the producer, so live latency never grows behind a slow stage. Only the frame ids of dropped
-    items are kept (8 bytes each), never the frames: a long live run must not hold on to what it dropped."""
-
-    def __init__(self, name: str, maxsize: int, drop_oldest: bool, frame_id: Callable[[Any], int] = int) -> None:
-        self.name = name
-        self.maxsize = maxsize
-        self.drop_oldest = drop_oldest
-        self.frame_id = frame_id
-        self.dropped = array("q")  # frame ids, in drop order
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, item: Any, *, force: bool = False) -> None:
-        with self._cond:
-            while not force and len(self._items) >= self.maxsize:
-                if self.drop_oldest:
-                    self.dropped.append(self.frame_id(self._items.popleft()))
-                    break
-                if self._closed:
-                    raise Stopped(self.name)
-                self._cond.wait(0.1)
-            self._items.append(item)
-            self._cond.notify_all()
-
-    def get(self, timeout: float | None = None) -> Any:
-        """Next item; raises TimeoutError when ``timeout`` passes with none."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._items:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(self.name)
-                self._cond.wait(remaining if remaining is not None else 0.1)
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def get_nowait(self) -> Any:
-        return self.get(timeout=0)
-
-    def close(self) -> None:
-        """Wake a producer blocked on a full queue so it can stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
 @dataclass
 class Result:
-    """One frame after the pipeline: its prediction and overlay, or the reason it failed."""
+    """One frame after the frame path: its prediction (host arrays once encoded), the overlay's JPEG, the message
+    every output sends, or the reason it failed."""
 
     frame: Frame
     prediction: Prediction | None = None
-    overlay: np.ndarray | None = None
+    overlay_jpeg: bytes | None = None
+    message: Any = None  # FrameMessage, built once by the encode stage
     stamps: dict[str, int] = field(default_factory=dict)  # monotonic ns: captured, inferred, labelled, published
     model_ms: float = 0.0
     dropped: dict[str, int] | None = None  # live runs: drops per stage so far, sent in the message header
 
 
 class Output(Protocol):
-    """Where results go (ZeroMQ, recordings, mask files). ``write`` runs on the publish thread, in frame order."""
+    """Where results go (ZeroMQ, recordings, mask files); each runs on its own worker thread, in frame order.
+    ``overlay``: None, "raw" or "jpeg" (what it needs made); ``lossless``: hold a replay back rather than drop."""
 
     name: str
+    overlay: str | None
+    lossless: bool
 
     def write(self, result: Result) -> None: ...
 
@@ -107,10 +62,12 @@ class Output(Protocol):
 @dataclass(frozen=True)
 class RunConfig:
     live: bool | None = None  # None: the source decides (devices live, files replay)
-    queue_size: int = 2
+    queue_size: int = 2  # frames held between stages
+    output_queue: int = 8  # frames held before each output
+    output_timeout: float = 30.0  # a lossless output that takes no frame for this long loses it (counted)
+    close_timeout: float = 30.0  # at the end, time each output gets to drain its queue
     batch_size: int = 1
-    overlay: bool = True
-    skip: int = 10  # frames left out at each end of the latency statistics
+    make_message: Callable[[Result], Any] | None = None  # Result -> FrameMessage (publish.outputs.MessageFactory)
 
 
 @dataclass
@@ -124,6 +81,7 @@ class RunSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_ids: dict[str, list[int]] = field(default_factory=dict)
     output_errors: list[str] = field(default_factory=list)
+    outputs: dict[str, dict[str, int]] = field(default_factory=dict)  # per output: written, dropped, failed
     reconnects: int = 0  # live devices: outages recovered from, and their gaps (monotonic s)
     gaps: list[tuple[float, float]] = field(default_factory=list)
     latency: LatencyLog = field(default_factory=LatencyLog)  # per published frame: stage stamps, model time
@@ -136,6 +94,8 @@ class RunSummary:
             f"source {self.source} ({'live' if self.live else 'replay'}){' - interrupted' if self.interrupted else ''}",
             f"frames read {self.read}, processed {self.processed}, published {self.published}, failed {len(self.failed)}, dropped: {drops}",
         ]
+        for name, counts in self.outputs.items():
+            lines.append(f"output {name}: written {counts['written']}, dropped {counts['dropped']}, failed {counts['failed']}")
         if self.reconnects:
             longest = max((b - a for a, b in self.gaps), default=0.0)
             lines.append(f"device reconnected {self.reconnects} times; longest gap {longest:.2f} s")
@@ -152,6 +112,7 @@ class RunSummary:
             "dropped": self.dropped,
             "dropped_ids": self.dropped_ids,
             "output_errors": self.output_errors,
+            "outputs": self.outputs,
             "reconnects": self.reconnects,
             "gaps_s": [[a, b] for a, b in self.gaps],
             "interrupted": self.interrupted,
@@ -172,11 +133,16 @@ class Pipeline:
         self._stop = threading.Event()
         drop = self.live
         self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
-        self.to_label = Handoff("label", config.queue_size, drop, _frame_id)
-        self.to_publish = Handoff("publish", config.queue_size, drop, _frame_id)
+        self.to_encode = Handoff("encode", config.queue_size, drop, _frame_id)
         self.summary = RunSummary(source.name, self.live)
-        stamp = segmenter.weights.warning and "RANDOM WEIGHTS - plumbing only, not bone"
-        self._stamp = stamp or None
+        needs = {o.overlay for o in self.outputs}
+        self.overlay = bool(needs - {None})
+        self.jpeg = "jpeg" in needs
+        self.raw_overlay = "raw" in needs
+        self.workers: list[SinkWorker[Result]] = []
+        # on CUDA results stay on the device until encode; there the copies run on their own stream
+        self.on_device = segmenter.device.type == "cuda"
+        self._encode_stream = torch.cuda.Stream(segmenter.device) if self.on_device else None
 
     def stop(self) -> None:
         """Stop reading (safe from a signal handler); frames already read are still processed and published.
@@ -226,114 +192,116 @@ class Pipeline:
         self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
         log.warning("frame %s failed in %s: %s\n%s", frame.id, stage, exc, traceback.format_exc(limit=3))
 
+    def _predict(self, batch: list[Frame]) -> list[tuple[Frame, Prediction]]:
+        """The batch through the frame path; a bad frame fails alone (the rest of its batch is retried without it)."""
+        name = self.source.name
+        try:
+            preds = self.segmenter.predict([f.image for f in batch], [f"{name} frame {f.id}" for f in batch], overlay=self.overlay, tensors=self.on_device)
+            return list(zip(batch, preds))
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], "preprocess" if isinstance(exc, FrameError) else "inference", exc)
+                return []
+        return [pair for frame in batch for pair in self._predict([frame])]
+
     def _infer(self) -> None:
-        seg = self.segmenter
         try:
             for batch in self._batches():
-                ready, inputs = [], []
-                for frame in batch:
-                    try:
-                        inputs.append(seg.geometry.preprocess(frame.image, f"{self.source.name} frame {frame.id}"))
-                        ready.append(frame)
-                    except Exception as exc:
-                        self._fail(frame, "preprocess", exc)
-                if not ready:
-                    continue
                 t0 = time.perf_counter()
-                try:
-                    masks, margins = seg.backend(np.stack(inputs))
-                except Exception as exc:
-                    for frame in ready:
-                        self._fail(frame, "inference", exc)
-                    continue
-                model_ms = (time.perf_counter() - t0) * 1e3 / len(ready)
+                done = self._predict(batch)
                 inferred = time.monotonic_ns()
-                for frame, mask, margin in zip(ready, masks, margins):
-                    result = Result(frame, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=model_ms)
-                    self.to_label.put((result, mask, margin))
+                model_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(done))
+                for frame, prediction in done:
+                    result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms.get("model_labelling", model_ms))
+                    self.to_encode.put(result)
         except Stopped:
             pass
         finally:
-            self.to_label.put(_END, force=True)
+            self.to_encode.put(_END, force=True)
 
-    def _label(self) -> None:
-        try:
-            while (item := self.to_label.get()) is not _END:
-                result, mask, margin = item
+    def _encode(self, result: Result) -> None:
+        """Host mask (and raw overlay if an output wants pixels), the overlay's JPEG once, the message once."""
+        assert result.prediction is not None
+        result.overlay_jpeg = encode_prediction(result.prediction, jpeg=self.jpeg, raw_overlay=self.raw_overlay)
+        if self.live:
+            result.dropped = self.drop_counts()
+        result.stamps["labelled"] = time.monotonic_ns()
+        if self.config.make_message is not None:
+            result.message = self.config.make_message(result)
+
+    def _encode_stage(self) -> None:
+        stream = torch.cuda.stream(self._encode_stream) if self._encode_stream is not None else nullcontext()
+        with stream:
+            while (result := self.to_encode.get()) is not _END:
                 try:
-                    result.prediction = self.segmenter.finish(mask, margin)
-                    if self.config.overlay:
-                        result.overlay = draw_overlay(result.frame.image, result.prediction.mask, stamp=self._stamp)
+                    self._encode(result)
                 except Exception as exc:
-                    self._fail(result.frame, "label", exc)
+                    self._fail(result.frame, "encode", exc)
                     continue
-                result.stamps["labelled"] = time.monotonic_ns()
-                self.to_publish.put(result)
-        except Stopped:
-            pass
-        finally:
-            self.to_publish.put(_END, force=True)
+                self.summary.processed += 1
+                for worker in self.workers:
+                    worker.submit(result)
+                if not self.workers:
+                    self._published(result)
 
-    def _publish(self) -> None:
-        while (result := self.to_publish.get()) is not _END:
-            if self.live:
-                result.dropped = self.drop_counts()
-            result.stamps.setdefault("published", time.monotonic_ns())
-            delivered = True
-            for output in self.outputs:
-                try:
-                    output.write(result)  # an output may overwrite stamps["published"] at its actual send
-                except Exception as exc:
-                    delivered = False
-                    self.summary.output_errors.append(f"{output.name} frame {result.frame.id}: {exc.__class__.__name__}: {exc}")
-                    log.warning("output %s failed on frame %s: %s", output.name, result.frame.id, exc)
-            self.summary.processed += 1
-            self.summary.published += delivered
-            self.summary.latency.add(result.stamps, result.model_ms)
-            if self.on_result is not None:
-                self.on_result(result)
+    def _published(self, result: Result) -> None:
+        """Bookkeeping once the first output has sent the frame (or at once without outputs)."""
+        result.stamps.setdefault("published", time.monotonic_ns())
+        self.summary.latency.add(result.stamps, result.model_ms)
+        if self.on_result is not None:
+            self.on_result(result)
 
     # -- driver ----------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         started = time.monotonic()
-        threads = [threading.Thread(target=fn, name=f"bonestream-{fn.__name__.strip('_')}", daemon=True) for fn in (self._capture, self._infer, self._label)]
+        c = self.config
+        self.workers = [
+            SinkWorker(o, capacity=c.output_queue, lossless=o.lossless and not self.live, frame_id=_frame_id, put_timeout=c.output_timeout,
+                       on_written=self._published if i == 0 else None)
+            for i, o in enumerate(self.outputs)
+        ]
+        threads = [threading.Thread(target=fn, name=f"bonestream-{fn.__name__.strip('_')}", daemon=True) for fn in (self._capture, self._infer)]
         for t in threads:
             t.start()
         try:
-            self._publish()
+            self._encode_stage()
         finally:
             self._stop.set()
-            for h in (self.to_infer, self.to_label, self.to_publish):
+            for h in (self.to_infer, self.to_encode):
                 h.close()
             for t in threads:
                 t.join(timeout=10)
-            for output in self.outputs:
-                try:
-                    output.close()
-                except Exception as exc:
-                    self.summary.output_errors.append(f"{output.name} close: {exc.__class__.__name__}: {exc}")
-            self._account_drops()
+            for worker in self.workers:
+                self.summary.output_errors += worker.close(c.close_timeout)
+            self._account()
             self.summary.wall_s = time.monotonic() - started
         return self.summary
 
     def drop_counts(self) -> dict[str, int]:
-        """Frames dropped so far: by the capture device/mailbox, then before each stage."""
+        """Frames dropped so far: by the capture device/mailbox, then before each stage and each output."""
         counts = {"capture": int(getattr(self.source, "dropped", 0) or 0)}
-        counts.update({h.name: len(h.dropped) for h in (self.to_infer, self.to_label, self.to_publish)})
+        counts.update({h.name: len(h.dropped) for h in self._handoffs()})
         return counts
 
-    def _account_drops(self) -> None:
+    def _handoffs(self) -> list[Handoff]:
+        return [self.to_infer, self.to_encode, *(w.queue for w in self.workers)]
+
+    def _account(self) -> None:
+        """Drops and output failures by frame id; a frame is published when every output took it."""
         self.summary.reconnects = int(getattr(self.source, "reconnects", 0) or 0)
         self.summary.gaps = list(getattr(self.source, "gaps", []) or [])
         counts = self.drop_counts()
         if self.live or any(counts.values()):
             self.summary.dropped = counts
-            self.summary.dropped_ids = {h.name: h.dropped.tolist() for h in (self.to_infer, self.to_label, self.to_publish)}
+            self.summary.dropped_ids = {h.name: h.dropped.tolist() for h in self._handoffs()}
+        lost: set[int] = set()
+        for w in self.workers:
+            lost.update(w.dropped)
+            lost.update(i for i, _ in w.failed)
+            self.summary.output_errors += [f"{w.name} frame {i}: {error}" for i, error in w.failed]
+            self.summary.outputs[w.name] = {"written": w.written, "dropped": len(w.dropped), "failed": len(w.failed)}
+        self.summary.published = self.summary.processed - len(lost)
 
 
-def _frame_id(item: Any) -> int:
-    if isinstance(item, Frame):
-        return item.id
-    if isinstance(item, Result):
-        return item.frame.id
-    return item[0].frame.id
+def _frame_id(item: Frame | Result) -> int:
+    return item.id if isinstance(item, Frame) else item.frame.id

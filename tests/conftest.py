@@ -43,7 +43,7 @@ def make_segmenter(model, random_identity):
     from calibration.clustering import KMeansSettings
     from models.preprocess import Geometry
     from pipeline.infer.backend import TorchBackend
-    from pipeline.infer.graph import SegmentationGraph
+    from pipeline.infer.deployment import Deployment
     from pipeline.segment.segmenter import BoneSegmenter
 
     def make(images: list[np.ndarray], input_size: tuple[int, int] = (32, 40), k: int | None = 3) -> BoneSegmenter:
@@ -51,6 +51,6 @@ def make_segmenter(model, random_identity):
         names = [f"ref{i}" for i in range(len(images))]
         settings = CalibrationSettings(kmeans=KMeansSettings(k=k, sample_interval=1))
         ref = calibrate(model, random_identity, geometry, images, names, settings, progress=False)
-        return BoneSegmenter(ref, TorchBackend(SegmentationGraph(model, ref.labeller(), geometry.stride)), random_identity)
+        return BoneSegmenter(ref, TorchBackend(Deployment.from_reference(model, random_identity.label, ref)), random_identity)
 
     return make

@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from benchmarks import bench
-from calibration.labelling import PatchLabeller
 from pipeline.infer import select
 from pipeline.infer.backend import BackendUnavailable, TorchBackend
 from pipeline.infer.cache import EngineCache, EngineKey
 from pipeline.infer.deployment import Deployment
-from pipeline.infer.graph import SegmentationGraph
+from models.preprocess import Geometry
 from pipeline.infer.select import BackendSpec, make_backend, select_backend
 
 SIZE = (32, 40)
@@ -27,19 +26,18 @@ NO_CUDA = "no CUDA device on this machine: GPU backends are exercised only where
 
 @pytest.fixture(scope="module")
 def deployment(model) -> Deployment:
-    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1)
-    graph = SegmentationGraph(model, PatchLabeller(centroids, torch.tensor([True, False, True, False])), 8)
-    return Deployment(graph, SIZE, "random:0", "test-reference")
+    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1).numpy()
+    return Deployment(model, Geometry.fit(SIZE, input_size=SIZE, resampling="area"), centroids, (0, 2), "random:0", "test-reference")
 
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((5, 3, *SIZE)).astype(np.float32)
+    return np.random.default_rng(0).integers(0, 256, (5, *SIZE), dtype=np.uint8)
 
 
 def test_torch_backend_chunks_pads_and_times(deployment, frames) -> None:
-    single = TorchBackend(deployment.graph)
-    batched = TorchBackend(deployment.graph, batch=2)  # 5 frames: chunks of 2, 2 and 1 (padded)
+    single = TorchBackend(deployment)
+    batched = TorchBackend(deployment, batch=2)  # 5 frames: chunks of 2, 2 and 1 (padded)
     mask, margin = batched(frames)
     assert mask.shape == margin.shape == (5, 4, 5) and mask.dtype == np.uint8 and margin.dtype == np.float32
     expected = [single(frames[i : i + 1]) for i in range(5)]
@@ -117,7 +115,7 @@ def test_gpu_backends_match_torch_fp32(deployment, frames, name: str, tmp_path: 
         wanted = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}[name]
         if wanted not in onnxruntime.get_available_providers():
             pytest.skip(f"onnxruntime has no {wanted}: install onnxruntime-gpu with its CUDA/TensorRT libraries")
-    reference = TorchBackend(deployment.graph, batch=2)(frames)
+    reference = TorchBackend(deployment, batch=2)(frames)
     backend = make_backend(BackendSpec(name, "cuda", batch=2), deployment, EngineCache(tmp_path))
     mask, margin = backend(frames)
     assert np.mean(mask == reference[0]) >= 0.99
@@ -135,9 +133,11 @@ def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> No
     saved = json.loads(paths[0].read_text())
     assert [(r["backend"], r["batch"]) for r in saved["runs"]] == [("torch", 1), ("torch", 2)]
     run = saved["runs"][0]
-    for stage in ("preprocess", "host_to_device", "model_labelling", "device_to_host", "publish", "end_to_end"):
+    for stage in ("prepare", "host_to_device", "model_labelling", "mask_overlay", "device_to_host", "encode", "publish", "end_to_end"):
         assert run["stages_ms"][stage]["count"] >= 1 and "p99.9" in run["stages_ms"][stage]
     assert saved["meta"]["weights_warning"].startswith("RANDOM WEIGHTS") and saved["meta"]["loadavg_start"]
+    assert saved["wire"]["received"] == saved["wire"]["sent"] == 2 + 2 * 1 and saved["wire"]["malformed"] == 0  # a real subscriber got them
+    assert saved["host_work_ms"]["torch fp32 b1"]["count"] == 2
     assert saved["baseline"]["stride"] == 4 and saved["runs"][0]["speedup_vs_original"] > 0
     table = paths[1].read_text()
     assert "| torch | fp32 | 2 |" in table and "RANDOM WEIGHTS" in table and "load average" in table

@@ -14,7 +14,7 @@ from calibration.voting import VoteSettings, required_votes, vote
 from models.preprocess import Geometry
 from pipeline.capture.phantom import Phantom, PhantomConfig
 from pipeline.infer.backend import TorchBackend
-from pipeline.infer.graph import SegmentationGraph
+from pipeline.infer.deployment import Deployment
 from pipeline.segment.segmenter import BoneSegmenter
 
 
@@ -89,8 +89,7 @@ def test_calibrate_then_label_reproduces_transductive_labels(model, random_ident
     assert ref.frames == names and ref.calibration_labels.shape == (4, 6, 8)
     assert ref.weights["label"] == "random:0"
     # Runtime path: fresh preprocessing + backend on the same frames -> identical labels and bone flags
-    graph = SegmentationGraph(model, ref.labeller(), ref.geometry.stride)
-    seg = BoneSegmenter(ref, TorchBackend(graph), random_identity)
+    seg = BoneSegmenter(ref, TorchBackend(Deployment.from_reference(model, random_identity.label, ref)), random_identity)
     predictions = seg.predict(images, names)
     fg_expected = np.isin(ref.calibration_labels, ref.foreground)
     for pred, expected in zip(predictions, fg_expected):

@@ -40,7 +40,7 @@ def test_calibrate_segment_evaluate_on_labelled_frames(ultrabones: Path, tmp_pat
     assert len(list((seg_dir / "overlays").glob("*.png"))) == 8
     summary = json.loads((seg_dir / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["weights"]["kind"] == "random" and "RANDOM WEIGHTS" in summary["warning"]
-    assert summary["timings_ms"]["infer"]["count"] == 8
+    assert summary["timings_ms"]["model_labelling"]["count"] == 8 and "mask_overlay" in summary["timings_ms"]
 
     truth = ultrabones / "labelled" / "bone_region_masks"
     assert main(["evaluate", "--pred", str(seg_dir), "--truth", str(truth)]) == 0

@@ -21,7 +21,8 @@ from pipeline.infer.backend import BackendUnavailable, TorchBackend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.export import OPSET, cached_onnx
-from pipeline.infer.graph import Fp32LayerNorm, OUTPUT_NAMES
+from models.encoder import Fp32LayerNorm
+from pipeline.infer.graph import OUTPUT_NAMES, engine_module
 from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
 from pipeline.infer.select import BackendSpec, make_backend, select_backend
 
@@ -53,7 +54,7 @@ def cache(tmp_path_factory) -> EngineCache:
 @pytest.fixture(scope="module")
 def frames(reference) -> np.ndarray:
     images = {f.name: f.image for f in PhantomSource(PhantomConfig(n_frames=12))}
-    return reference.geometry.preprocess_batch([images[n] for n in reference.frames])
+    return reference.geometry.planes([images[n] for n in reference.frames])
 
 
 def test_onnx_graphs_pass_the_checker_with_static_shapes(deployment, cache) -> None:
@@ -64,16 +65,16 @@ def test_onnx_graphs_pass_the_checker_with_static_shapes(deployment, cache) -> N
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= OPSET >= 17
         assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES[outputs])
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-        assert dims == [BATCH, 3, 64, 80]  # static: no symbolic dimension
+        assert dims == [BATCH, 1, 64, 80]  # static, one gray plane: no symbolic dimension
         ops = {n.op_type for n in model.graph.node}
         assert "LayerNormalization" in ops and "Resize" not in ops  # native LayerNorm; positional table precomputed
 
 
 def test_onnxruntime_cpu_matches_torch_keys_and_labels(deployment, cache, frames) -> None:
-    torch_keys = TorchBackend(deployment.graph, batch=BATCH, outputs="keys").run(frames)[0]
+    torch_keys = TorchBackend(deployment, batch=BATCH, outputs="keys").run(frames)[0]
     ort_keys = make_backend(KEYS, deployment, cache).run(frames)[0]
     np.testing.assert_allclose(ort_keys, torch_keys, atol=1e-4, rtol=1e-4)
-    torch_mask, torch_margin = TorchBackend(deployment.graph, batch=BATCH)(frames)
+    torch_mask, torch_margin = TorchBackend(deployment, batch=BATCH)(frames)
     ort = make_backend(ORT, deployment, cache)
     mask, margin = ort(frames)
     assert mask.dtype == np.uint8 and margin.dtype == np.float32 and mask.shape == (len(frames), 8, 10)
@@ -83,26 +84,30 @@ def test_onnxruntime_cpu_matches_torch_keys_and_labels(deployment, cache, frames
     assert set(ort.last_timings_ms) == {"host_to_device", "model_labelling", "device_to_host"}
 
 
-def test_fused_labelling_equals_the_reference_labelling(model, deployment, reference, frames) -> None:
-    """The fused graph (precomputed positions, fp32 LayerNorm wrapper) equals calibration's path: DinoViT keys
-    through the reference's PatchLabeller, and reproduces the calibration labels on the calibration frames."""
+def test_fused_labelling_equals_the_reference_labelling(deployment, reference, frames) -> None:
+    """The fused engine (uint8 in, folded normalisation, precomputed positions, fp32 LayerNorm) reproduces the
+    calibration labels on the calibration frames through the reference's own PatchLabeller."""
+    engine = engine_module(deployment, "fp32", "fused", "cpu")
+    keys_engine = engine_module(deployment, "fp32", "keys", "cpu")
     with torch.inference_mode():
-        keys = model(torch.from_numpy(frames), stride=reference.geometry.stride).keys
-        labels, foreground, margin = reference.labeller()(keys)
-        fused_mask, fused_margin = deployment.graph.specialise(reference.geometry.input_size)(torch.from_numpy(frames))
+        planes = torch.from_numpy(frames)
+        labels, foreground, margin = reference.labeller()(keys_engine(planes)[0])
+        fused_mask, fused_margin = engine(planes)
     np.testing.assert_array_equal(labels.numpy(), reference.calibration_labels)
     np.testing.assert_array_equal(fused_mask.numpy(), foreground.numpy().astype(np.uint8))
     torch.testing.assert_close(fused_margin, margin, atol=1e-5, rtol=1e-5)
 
 
 def test_reduced_precision_keeps_layernorm_and_labelling_fp32(deployment, frames) -> None:
-    graph = deployment.graph.specialise((64, 80), "bf16")
-    assert graph.dtype == torch.bfloat16 and isinstance(graph.model.blocks[3].norm1, Fp32LayerNorm)
-    assert graph.labeller.centroids.dtype == torch.float32
+    engine = engine_module(deployment, "bf16", "fused", "cpu")
+    vit = engine.core.vit
+    assert vit.blocks[3].attn.qkv.weight.dtype == torch.bfloat16 and isinstance(vit.blocks[3].norm1, Fp32LayerNorm)
+    assert vit.blocks[3].norm1.weight.dtype == torch.float32  # cast once at build, never per call
+    assert engine.core.labeller.centroids.dtype == torch.float32
     with torch.inference_mode():
-        assert graph.keys(torch.from_numpy(frames)).dtype == torch.float32
-    with pytest.raises(ValueError, match="specialised for the patch grid"):
-        graph.model.position_table((9, 10))
+        assert engine_module(deployment, "bf16", "keys", "cpu")(torch.from_numpy(frames))[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="built for the patch grid"):
+        vit.position_table((9, 10))
 
 
 def test_parity_gate_passes_fp32_and_refuses_a_degraded_engine(deployment, cache, frames, reference) -> None:
@@ -111,10 +116,11 @@ def test_parity_gate_passes_fp32_and_refuses_a_degraded_engine(deployment, cache
     good = check_parity(ort, ort_keys, deployment, frames, calibration_labels=reference.calibration_labels)
     assert good.passed and good.key_cosine > 0.9999 and good.label_agreement == good.mask_agreement == 1.0
     # a "degraded engine": the same graph with perturbed weights in its last block
-    broken = Deployment(deployment.graph.specialise((64, 80)), deployment.input_size, deployment.weights, deployment.reference)
+    degraded = type(deployment.model).from_state_dict(deployment.model.state_dict())
     with torch.no_grad():
-        broken.graph.model.blocks[-1].attn.qkv.weight.mul_(-0.3).add_(0.05)
-    bad = check_parity(TorchBackend(broken.graph, batch=BATCH), TorchBackend(broken.graph, batch=BATCH, outputs="keys"), deployment, frames)
+        degraded.blocks[-1].attn.qkv.weight.mul_(-0.3).add_(0.05)
+    broken = replace(deployment, model=degraded)
+    bad = check_parity(TorchBackend(broken, batch=BATCH), TorchBackend(broken, batch=BATCH, outputs="keys"), deployment, frames)
     assert not bad.passed and "REFUSED" in bad.describe() and "key cosine" in bad.describe()
     strict = check_parity(ort, ort_keys, deployment, frames, thresholds=ParityThresholds(key_cosine=1.01))
     assert not strict.passed

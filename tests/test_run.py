@@ -16,11 +16,14 @@ from pipeline.capture.phantom import Phantom, PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
 from pipeline.latency import LatencyLog, latency_report, write_latency_report
 from pipeline.publish.outputs import MaskFiles
-from pipeline.run import Handoff, Pipeline, Result, RunConfig
+from pipeline.handoff import Handoff
+from pipeline.run import Pipeline, Result, RunConfig
 
 
 class Collect:
     name = "collect"
+    overlay = "raw"
+    lossless = True
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
@@ -65,7 +68,8 @@ def test_replay_processes_every_frame_in_order(segmenter, tmp_path: Path) -> Non
     assert len(list((tmp_path / "masks").glob("*.png"))) == 40
     r = out.results[5]
     assert r.stamps["captured"] <= r.stamps["inferred"] <= r.stamps["labelled"] <= r.stamps["published"]
-    assert r.overlay.shape == (96, 128, 3) and r.prediction.mask.shape == (96, 128)
+    assert r.prediction.overlay.shape == (96, 128, 3) and r.prediction.mask.shape == (96, 128)
+    assert summary.outputs == {"collect": {"written": 40, "dropped": 0, "failed": 0}, "masks": {"written": 40, "dropped": 0, "failed": 0}}
 
 
 def test_live_keeps_newest_and_counts_drops(segmenter) -> None:

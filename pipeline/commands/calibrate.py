@@ -8,7 +8,7 @@ from calibration.calibrate import PRESETS, CalibrationSettings
 from calibration.clustering import KMeansSettings
 from calibration.voting import VoteSettings
 from models.loader import load_model
-from models.preprocess import parse_size
+from models.preprocess import RESAMPLING, parse_size
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.offline import GeometryOptions, calibrate_sources
 
@@ -18,7 +18,12 @@ def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--short-side", type=int, default=224, help="model input short side, aspect of the ROI kept (default 224)")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW", help="exact model input size instead")
     p.add_argument("--stride", type=int, choices=(8, 4), default=8, help="patch stride: 8, or 4 (overlapping, as the original)")
-    p.add_argument("--resampling", default="lanczos", choices=("lanczos", "area", "linear", "cubic"))
+    p.add_argument(
+        "--resampling", default="lanczos", choices=RESAMPLING,
+        help="resize to the model input: lanczos (default, as the original), area, linear, cubic on the host (OpenCV), or "
+        "bilinear-aa, bicubic-aa on the model's device (antialiased torch; whole frames cross to the GPU, no host resize). "
+        "Stored in the reference: run time always uses the same one",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     model, identity = load_model(args.weights, progress=args.progress)
     announce_weights(identity.label, identity.warning)
     ref = calibrate_sources(
-        args.sources, model.to(args.device), identity, count=args.count, geometry=geometry_from(args),
+        args.sources, model, identity, count=args.count, geometry=geometry_from(args),
         settings=settings_from(args), progress=args.progress, device=args.device,
     )
     ref.save(args.out)

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray:
-    """The reference's calibration frames, found by name in ``specs``, preprocessed through its geometry, in its order."""
+    """The reference's calibration frames, found by name in ``specs``, as its geometry's uint8 planes, in its order."""
     wanted = set(reference.frames)
     found: dict[str, np.ndarray] = {}
     for source in open_sources(specs):
@@ -55,7 +55,7 @@ def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray
             f"{len(missing)} of the reference's {len(reference.frames)} calibration frames are not in the sources "
             f"(first missing: {missing[0]}); pass the sources it was calibrated on"
         )
-    return reference.geometry.preprocess_batch([found[name] for name in reference.frames], list(reference.frames))
+    return reference.geometry.planes([found[name] for name in reference.frames], list(reference.frames))
 
 
 def run(args: argparse.Namespace) -> int:

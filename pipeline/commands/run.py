@@ -41,7 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", choices=("jpeg", "raw", "none"), default="jpeg", help="overlay image in messages (default jpeg)")
     p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N", help="wait for N subscribers before the first frame")
-    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers/consumers (default 30)")
+    p.add_argument(
+        "--wait-timeout", type=float, default=30.0,
+        help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
+    )
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
     p.add_argument("--pace", type=_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
@@ -72,21 +75,24 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
-        make = MessageFactory(seg, args.stream_id, overlay_encoding=args.overlay)
         if args.publish:
             publisher = Publisher(args.publish, curve=curve, insecure=args.insecure)
-            outputs.append(ZmqOutput(publisher, make))
+            outputs.append(ZmqOutput(publisher, args.overlay))
             print(f"publishing on {args.publish} (topic bonestream/{args.stream_id}){' with CURVE' if curve else ''}")
             if args.wait_subscribers and not publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout):
                 print(f"warning: {publisher.subscriptions} of {args.wait_subscribers} subscribers after {args.wait_timeout} s; starting anyway", file=sys.stderr)
         if args.lossless:
-            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), make))
+            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
             print(f"lossless PUSH on {args.lossless}")
         if args.record:
-            outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps), make))
+            outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps)))
         if args.masks:
             outputs.append(MaskFiles(args.masks))
-        pipeline = Pipeline(source, seg, outputs, RunConfig(live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, overlay=args.overlay != "none" or bool(args.record)))
+        config = RunConfig(
+            live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, output_timeout=args.wait_timeout,
+            make_message=MessageFactory(seg, args.stream_id),
+        )
+        pipeline = Pipeline(source, seg, outputs, config)
         _stop_on_signals(pipeline)
         summary = pipeline.run()
     return _report(args, seg, summary)

@@ -1,21 +1,31 @@
-"""What every engine is built from: the fp32 graph of one calibration, and the identities that key its cache."""
+"""What every engine is built from: the loaded model, one calibration's geometry and centroids, and their identities.
+
+A deployment is read-only: engines copy what they need from it onto their own device (``graph.engine_module``),
+so the model it holds stays where it was loaded, in fp32, whatever engines are built from it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
+from calibration.labelling import PatchLabeller
 from calibration.reference import Reference
+from models.preprocess import Geometry
 from models.vit import DinoViT
 from pipeline.infer.cache import EngineKey, device_identity, library_versions
-from pipeline.infer.graph import SegmentationGraph
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """The fp32 torch graph (model + the reference's labeller), its static input size, and whose it is."""
+    """The fp32 model, the geometry and the reference's centroids and bone clusters, and whose they are."""
 
-    graph: SegmentationGraph
-    input_size: tuple[int, int]
+    model: DinoViT
+    geometry: Geometry
+    centroids: np.ndarray  # k x 384 float32
+    foreground: tuple[int, ...]  # bone cluster ids
     weights: str  # WeightsIdentity.label
     reference: str  # Reference.id
 
@@ -23,8 +33,15 @@ class Deployment:
     def from_reference(cls, model: DinoViT, weights: str, reference: Reference) -> "Deployment":
         """``weights`` is the model's WeightsIdentity.label; keys of other weights would not fit the centroids."""
         reference.check_weights(weights)
-        graph = SegmentationGraph(model, reference.labeller(), reference.geometry.stride)
-        return cls(graph, tuple(reference.geometry.input_size), weights, reference.id)
+        return cls(model, reference.geometry, reference.centroids, tuple(reference.foreground), weights, reference.id)
+
+    def labeller(self, device: str | torch.device) -> PatchLabeller:
+        """A new labeller with the centroids on ``device``."""
+        return PatchLabeller.build(self.centroids, self.foreground, device)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.geometry.input_size)  # type: ignore[return-value]
 
     def key(self, artifact: str, *, outputs: str, batch: int, precision: str, device: str) -> EngineKey:
         """Cache key of an engine; keys-only engines hold no centroids, so they do not depend on the reference."""
@@ -33,12 +50,17 @@ class Deployment:
             weights=self.weights,
             reference=self.reference if outputs == "fused" else "",
             input_size=self.input_size,
-            stride=self.graph.stride,
+            stride=self.geometry.stride,
             batch=batch,
             precision=precision,
             device=device_identity(device),
             versions=tuple(sorted(library_versions().items())),
         )
 
-    def shape(self, batch: int) -> tuple[int, int, int, int]:
-        return (batch, 3, *self.input_size)
+    def plane_shape(self, batch: int) -> tuple[int, int, int]:
+        """The uint8 input of an engine: batch x the geometry's plane."""
+        return (batch, *self.geometry.plane_size)
+
+    def pixel_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The float32 input of a compiled core (ONNX, TensorRT): batch x 1 x model input."""
+        return (batch, 1, *self.geometry.input_size)

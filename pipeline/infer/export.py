@@ -1,4 +1,4 @@
-"""ONNX export of the fused graph (frames -> mask, margin) and of its keys-only twin (frames -> keys).
+"""ONNX export of the fused core (float pixels -> mask, margin) and of its keys-only twin (pixels -> keys).
 
 Static shapes per geometry and batch, the positional table precomputed for the grid, opset >= 17 so LayerNorm
 is one native LayerNormalization node (its statistics in fp32 whatever the input type). The dynamo exporter
@@ -25,7 +25,7 @@ INPUT_NAME = "frames"
 
 
 def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str | Path, output_names: tuple[str, ...], opset: int = OPSET) -> None:
-    """Write ``module`` (float32 ``shape`` in) as one self-contained ONNX file and run the ONNX checker on it."""
+    """Write ``module`` (on the CPU, float32 ``shape`` in) as one self-contained ONNX file and run the ONNX checker on it."""
     if opset < 17:
         raise ValueError(f"opset {opset} < 17 has no native LayerNormalization; fp16 engines need it")
     quiet = logging.getLogger("torch.onnx")  # the exporter logs every optional op library it does not find
@@ -35,7 +35,7 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str | Path, out
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation notices, not ours to act on
             torch.onnx.export(
-                module.cpu().eval(), (torch.zeros(shape),), str(path), input_names=[INPUT_NAME], output_names=list(output_names),
+                module, (torch.zeros(shape),), str(path), input_names=[INPUT_NAME], output_names=list(output_names),
                 opset_version=opset, dynamo=True, external_data=False, verbose=False,
             )
     finally:
@@ -54,7 +54,7 @@ def cached_onnx(deployment: Deployment, *, batch: int, precision: str, outputs: 
         return cache.fetch(key, ".onnx", lambda path: quantize_linear_layers(source, path))
 
     def build(path: Path) -> None:
-        module = engine_module(deployment.graph, deployment.input_size, precision, outputs)
-        export_onnx(module, deployment.shape(batch), path, OUTPUT_NAMES[outputs])
+        core = engine_module(deployment, precision, outputs, "cpu").core
+        export_onnx(core, deployment.pixel_shape(batch), path, OUTPUT_NAMES[outputs])
 
     return cache.fetch(key, ".onnx", build)

@@ -20,8 +20,8 @@ from pipeline.infer.backend import BackendUnavailable, require_cuda
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.export import INPUT_NAME, cached_onnx
-from pipeline.infer.graph import OUTPUT_NAMES
-from pipeline.infer.staging import Compute, StagedBackend, Staging
+from pipeline.infer.graph import OUTPUT_NAMES, model_input
+from pipeline.infer.staging import Compute, StagedBackend, Staging, ready
 
 PROVIDERS = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}  # on CUDA
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # ONNX Conv has no bfloat16 type (opset 18)
@@ -108,19 +108,20 @@ class OnnxRuntimeBackend(StagedBackend):
                 f"{self.name}: onnxruntime fell back to {self.session.get_providers()} instead of {wanted} "
                 "(its libraries failed to load; see onnxruntime's log above)"
             )
-        self.staging = Staging(dev, self.deployment.shape(self.batch))
-        self.compute = self._host_compute if dev.type == "cpu" else self._bind_device()
+        self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
+        self.input_step = model_input(self.deployment, dev)
+        self.compute = ready(self._host_compute if dev.type == "cpu" else self._bind_device(), self.staging.input)
 
-    def _host_compute(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.session.run(list(OUTPUT_NAMES[self.outputs]), {INPUT_NAME: x.numpy()})
+    def _host_compute(self, planes: torch.Tensor) -> list[torch.Tensor]:
+        outputs = self.session.run(list(OUTPUT_NAMES[self.outputs]), {INPUT_NAME: self.input_step(planes).numpy()})
         return [torch.from_numpy(o) for o in outputs]
 
     def _bind_device(self) -> Compute:
-        """IO binding on the static device buffers: no host round trip inside ONNX Runtime."""
+        """IO binding on static device buffers: no host round trip inside ONNX Runtime."""
         dev = self.staging.device
         binding = self.session.io_binding()
-        x = self.staging.input
-        binding.bind_input(INPUT_NAME, "cuda", dev.index or 0, np.float32, tuple(x.shape), x.data_ptr())
+        pixels = torch.empty(self.deployment.pixel_shape(self.batch), dtype=torch.float32, device=dev)
+        binding.bind_input(INPUT_NAME, "cuda", dev.index or 0, np.float32, tuple(pixels.shape), pixels.data_ptr())
         outputs = []
         for meta in self.session.get_outputs():
             np_type, torch_type = ORT_TYPES[meta.type]
@@ -128,9 +129,9 @@ class OnnxRuntimeBackend(StagedBackend):
             binding.bind_output(meta.name, "cuda", dev.index or 0, np_type, tuple(out.shape), out.data_ptr())
             outputs.append(out)
 
-        def compute(_: torch.Tensor) -> list[torch.Tensor]:
+        def compute(planes: torch.Tensor) -> list[torch.Tensor]:
+            pixels.copy_(self.input_step(planes))
             self.session.run_with_iobinding(binding)
             return outputs
 
         return compute
-

@@ -65,7 +65,7 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def nearest_labels(deployment: Deployment, keys: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        return deployment.graph.labeller(torch.from_numpy(keys))[0].numpy()
+        return deployment.labeller("cpu")(torch.from_numpy(keys))[0].numpy()
 
 
 def check_parity(
@@ -77,12 +77,12 @@ def check_parity(
     calibration_labels: np.ndarray | None = None,
     thresholds: ParityThresholds = ParityThresholds(),
 ) -> ParityResult:
-    """Compare a fused engine and its keys-only twin with fp32 torch on ``frames`` (preprocessed calibration frames).
+    """Compare a fused engine and its keys-only twin with fp32 torch on ``frames`` (the calibration frames' planes).
 
     ``calibration_labels`` (the reference's) proves the frames are the calibration frames: fp32 torch must
     reproduce them, or the comparison would say nothing about the deployment.
     """
-    reference_keys = TorchBackend(deployment.graph, candidate.device, "fp32", candidate.batch, outputs="keys").run(frames)[0]
+    reference_keys = TorchBackend(deployment, candidate.device, "fp32", candidate.batch, outputs="keys").run(frames)[0]
     reference_labels = nearest_labels(deployment, reference_keys)
     if calibration_labels is not None:
         reproduced = float(np.mean(reference_labels == calibration_labels))
@@ -91,7 +91,7 @@ def check_parity(
                 f"fp32 torch reproduces only {reproduced:.1%} of the calibration labels on these frames: "
                 "they are not the reference's calibration frames (pass the sources it was calibrated on)"
             )
-    reference_mask = TorchBackend(deployment.graph, candidate.device, "fp32", candidate.batch)(frames)[0]
+    reference_mask = TorchBackend(deployment, candidate.device, "fp32", candidate.batch)(frames)[0]
     keys = candidate_keys.run(frames)[0]
     return ParityResult(
         backend=candidate.name,

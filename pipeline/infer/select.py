@@ -51,7 +51,7 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
     if name in ("torch", "torch-compile"):
         if torch.device(device).type != "cpu":
             require_cuda(name, device)
-        return TorchBackend(deployment.graph, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs)
+        return TorchBackend(deployment, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs)
     if name in ("onnxruntime", "onnxruntime-trt"):
         return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
     if name == "tensorrt":
@@ -94,7 +94,7 @@ class Selection:
 
 
 def time_backend(backend: Backend, frames: np.ndarray, trials: int = TRIALS) -> float:
-    """Median ms per call after one warm-up call (which also triggers lazy compilation)."""
+    """Median ms per call after one warm-up call."""
     backend(frames)
     times = []
     for _ in range(trials):
@@ -109,7 +109,7 @@ def select_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache
     cache = cache or EngineCache()
     if spec.name != "auto":
         return Selection(usable_backend(spec, deployment, cache), spec.name)
-    frames = np.random.default_rng(0).standard_normal(deployment.shape(spec.batch)).astype(np.float32)
+    frames = np.random.default_rng(0).integers(0, 256, deployment.plane_shape(spec.batch), dtype=np.uint8)
     working: dict[str, Backend] = {}
     measured: dict[str, float] = {}
     fallbacks: list[Fallback] = []

@@ -1,9 +1,9 @@
 """Static device buffers between host frames and an engine, with per-stage timings.
 
-Every engine here has a static shape, so one input buffer (and, on CUDA, pinned host mirrors) is allocated once
-and reused: no per-frame allocation, and CUDA-graph capture and io-binding can point at fixed addresses. Stage
-times come from CUDA events on the GPU (host clocks would only measure kernel launches) and from the host
-clock on the CPU.
+Every engine here has a static shape, so its uint8 input buffer (and, on CUDA, a pinned host mirror and pinned
+output mirrors) is allocated once and reused: no per-frame allocation, and CUDA-graph capture and io-binding can
+point at fixed addresses. Stage times come from CUDA events on the GPU (host clocks would only measure kernel
+launches) and from the host clock on the CPU. All work runs under the device's guard.
 """
 
 from __future__ import annotations
@@ -14,67 +14,146 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-# An engine's compute step: the static device input -> device outputs (mask, margin), or (keys,).
+from models.placement import device_guard
+
+# An engine's compute step: its static device input -> device outputs (mask, margin), or (keys,). Outputs may be
+# static buffers, overwritten by the next call.
 Compute = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 STAGES = ("host_to_device", "model_labelling", "device_to_host")
+CUDA_GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs asks
+
+
+class StageClock:
+    """Marks between stages: CUDA events on the device's current stream, or the host clock on the CPU."""
+
+    def __init__(self, device: torch.device, names: Sequence[str]) -> None:
+        self.cuda = device.type == "cuda"
+        self.names = tuple(names)
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)] if self.cuda else []
+        self.times = [0.0] * (len(names) + 1)
+
+    def mark(self, index: int) -> None:
+        if self.cuda:
+            self.events[index].record()
+        else:
+            self.times[index] = time.perf_counter()
+
+    def elapsed_ms(self) -> dict[str, float]:
+        """Stage durations of the last pass (on CUDA this waits for the last mark)."""
+        if self.cuda:
+            self.events[-1].synchronize()
+            return {name: self.events[i].elapsed_time(self.events[i + 1]) for i, name in enumerate(self.names)}
+        return {name: (self.times[i + 1] - self.times[i]) * 1e3 for i, name in enumerate(self.names)}
+
+
+class HostMirror:
+    """Device tensors -> numpy: through pinned buffers on CUDA (one synchronisation per pass), direct on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pinned: dict[int, torch.Tensor] = {}
+
+    def start(self, slot: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Begin copying ``tensor`` to the host; the result is valid after the pass's clock has synchronised."""
+        if not self.cuda:
+            return tensor
+        host = self.pinned.get(slot)
+        if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+            host = self.pinned[slot] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        return host
+
+    @staticmethod
+    def numpy(host: torch.Tensor, n: int) -> np.ndarray:
+        return host[:n].numpy().copy()  # a copy: the mirror (or a static output) is reused by the next pass
 
 
 class Staging:
-    """One static input of shape ``batch x 3 x H x W`` on ``device``; runs ``compute`` on up to ``batch`` frames."""
+    """One static uint8 input of shape ``batch x plane`` on ``device``; runs ``compute`` on up to ``batch`` frames."""
 
-    def __init__(self, device: torch.device, shape: tuple[int, ...]) -> None:
-        self.device = torch.device(device)
-        self.shape = tuple(shape)
-        self.input = torch.zeros(self.shape, device=self.device)
-        self.cuda = self.device.type == "cuda"
-        self.host_input = torch.zeros(self.shape, pin_memory=True) if self.cuda else None
-        self.host_outputs: list[torch.Tensor] | None = None
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if self.cuda else []
+    def __init__(self, device: str | torch.device, shape: tuple[int, ...]) -> None:
+        with device_guard(device) as dev:
+            self.device = dev
+            self.shape = tuple(shape)
+            self.input = torch.zeros(self.shape, dtype=torch.uint8, device=dev)
+            self.cuda = dev.type == "cuda"
+            self.host_input = torch.zeros(self.shape, dtype=torch.uint8, pin_memory=True) if self.cuda else None
+            self.clock = StageClock(dev, STAGES)
+            self.mirror = HostMirror(dev)
 
-    def run(self, frames: np.ndarray, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
-        """Outputs for ``frames`` (n <= batch rows; the rest of the buffer is padding) and the stage times in ms."""
-        n = frames.shape[0]
-        if n > self.shape[0] or tuple(frames.shape[1:]) != self.shape[1:]:
-            raise ValueError(f"batch {tuple(frames.shape)} does not fit the engine's static input {self.shape}")
-        source = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
-        return self._run_cuda(source, compute) if self.cuda else self._run_host(source, compute)
+    def check(self, shape: tuple[int, ...]) -> int:
+        n = shape[0]
+        if not 0 < n <= self.shape[0] or tuple(shape[1:]) != self.shape[1:]:
+            raise ValueError(f"batch {tuple(shape)} does not fit the engine's static input {self.shape}")
+        return n
 
-    def _run_host(self, source: torch.Tensor, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
-        n = source.shape[0]
-        t0 = time.perf_counter()
-        self.input[:n].copy_(source)
-        t1 = time.perf_counter()
-        outputs = compute(self.input)
-        t2 = time.perf_counter()
-        host = [o[:n].numpy().copy() for o in outputs]
-        t3 = time.perf_counter()
-        return host, dict(zip(STAGES, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)))
+    def upload(self, planes: np.ndarray | torch.Tensor) -> int:
+        """Copy ``planes`` (numpy on the host, or a tensor already on the device) into the static input; rows past
+        them keep old data (padding, ignored). Returns the number of frames."""
+        n = self.check(tuple(planes.shape))
+        if isinstance(planes, torch.Tensor) and planes.device == self.device:
+            self.input[:n].copy_(planes)
+        elif self.cuda:
+            self.host_input[:n].copy_(torch.from_numpy(np.ascontiguousarray(planes, dtype=np.uint8)))
+            self.input[:n].copy_(self.host_input[:n], non_blocking=True)
+        else:
+            self.input[:n].copy_(torch.as_tensor(planes))
+        return n
 
-    def _run_cuda(self, source: torch.Tensor, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
-        n = source.shape[0]
-        e0, e1, e2, e3 = self.events
-        self.host_input[:n].copy_(source)
-        e0.record()
-        self.input.copy_(self.host_input, non_blocking=True)
-        e1.record()
-        outputs = compute(self.input)
-        e2.record()
-        if self.host_outputs is None:
-            self.host_outputs = [torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outputs]
-        for host, device in zip(self.host_outputs, outputs):
-            host.copy_(device, non_blocking=True)
-        e3.record()
-        e3.synchronize()
-        timings = dict(zip(STAGES, (e0.elapsed_time(e1), e1.elapsed_time(e2), e2.elapsed_time(e3))))
-        return [h[:n].numpy().copy() for h in self.host_outputs], timings
+    def run(self, planes: np.ndarray, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Outputs for ``planes`` (n <= batch rows) in host memory, and the stage times in ms."""
+        with device_guard(self.device):
+            clock = self.clock
+            clock.mark(0)
+            n = self.upload(planes)
+            clock.mark(1)
+            outputs = compute(self.input)
+            clock.mark(2)
+            host = [self.mirror.start(i, o) for i, o in enumerate(outputs)]
+            clock.mark(3)
+            timings = clock.elapsed_ms()
+            return [HostMirror.numpy(h, n) for h in host], timings
+
+
+def capture_cuda_graph(compute: Callable[..., Sequence[torch.Tensor]], *static_inputs: torch.Tensor) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Replay ``compute`` as one CUDA graph on static inputs: a ViT-S forward is ~150 kernels, and at batch 1
+    launching them costs about as much as running them. Call under the device's guard; the returned function
+    ignores its arguments (the graph reads the static inputs) and returns the static outputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(CUDA_GRAPH_WARMUP):
+            compute(*static_inputs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        static_outputs = tuple(compute(*static_inputs))
+
+    def replay(*_: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        graph.replay()
+        return static_outputs
+
+    replay.graph = graph  # type: ignore[attr-defined]  # keeps the graph (and its memory pool) alive with the function
+    return replay
+
+
+def ready(compute: Callable[..., Sequence[torch.Tensor]], *static_inputs: torch.Tensor) -> Callable[..., Sequence[torch.Tensor]]:
+    """``compute`` made ready before the first frame: on CUDA captured into a graph, on the CPU run once (first-call
+    allocation, torch.compile's compilation), so no live frame pays for either."""
+    if static_inputs[0].is_cuda:
+        with device_guard(static_inputs[0].device):
+            return capture_cuda_graph(compute, *static_inputs)
+    with torch.inference_mode():
+        compute(*static_inputs)
+    return compute
 
 
 class StagedBackend:
     """The Backend protocol on top of a Staging: splits a batch into static-size chunks and sums stage times.
 
-    Subclasses set ``name``, ``device``, ``precision``, ``batch``, and ``staging`` and ``compute`` for engines
-    built ahead of time, or override ``_prepare(shape)`` to build them on first use.
+    Subclasses set ``name``, ``device``, ``precision``, ``batch``, and ``staging`` and ``compute``, built and
+    made ready in their constructor: an engine never compiles or captures on a live frame.
     """
 
     name: str
@@ -85,23 +164,17 @@ class StagedBackend:
     staging: Staging
     compute: Compute
 
-    def _prepare(self, shape: tuple[int, ...]) -> tuple[Staging, Compute]:
-        if shape != self.staging.shape:
-            raise ValueError(f"the {self.name} engine was built for input {self.staging.shape}, got {shape}")
-        return self.staging, self.compute
-
-    def run(self, frames: np.ndarray) -> list[np.ndarray]:
-        """All outputs of the engine (mask and margin, or keys) for any number of frames."""
-        staging, compute = self._prepare((self.batch, *frames.shape[1:]))
+    def run(self, planes: np.ndarray) -> list[np.ndarray]:
+        """All outputs of the engine (mask and margin, or keys) for any number of uint8 planes, in host memory."""
         parts, totals = [], dict.fromkeys(STAGES, 0.0)
         with torch.inference_mode():
-            for start in range(0, frames.shape[0], self.batch):
-                outputs, timings = staging.run(frames[start : start + self.batch], compute)
+            for start in range(0, planes.shape[0], self.batch):
+                outputs, timings = self.staging.run(planes[start : start + self.batch], self.compute)
                 parts.append(outputs)
                 totals = {k: totals[k] + timings[k] for k in STAGES}
         self.last_timings_ms = totals
         return [np.concatenate(column) for column in zip(*parts)]
 
-    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mask, margin = self.run(frames)
+    def __call__(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask, margin = self.run(planes)
         return mask, margin

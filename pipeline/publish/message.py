@@ -41,12 +41,12 @@ import cv2
 import numpy as np
 
 from models.errors import BonestreamError
+from pipeline.publish.encode import DEFAULT_JPEG_QUALITY, encode_jpeg
 
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = b"bonestream/"
 MAX_SIDE = 8192
 DEFAULT_MAX_BYTES = 64 * 2**20
-DEFAULT_JPEG_QUALITY = 90
 STAGES = ("captured", "inferred", "labelled", "published")
 STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # also names recorded files: no path separators
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
@@ -62,7 +62,10 @@ def topic(stream_id: str) -> bytes:
 
 @dataclass
 class FrameMessage:
-    """One frame's labels as sent: header fields plus the mask and optional RGB overlay (read-only after decode)."""
+    """One frame's labels as sent: header fields plus the mask and optional RGB overlay (read-only after decode).
+
+    ``overlay_jpeg`` holds the overlay already encoded (once per frame, for every sender); ``overlay`` may then be
+    None when no output needs the raw pixels."""
 
     stream_id: str
     frame_id: int
@@ -80,6 +83,7 @@ class FrameMessage:
     published_unix_ns: int = 0
     mask_resolution: str = "frame"
     overlay_encoding: str = "jpeg"
+    overlay_jpeg: bytes | None = None
     dropped: dict[str, int] | None = None
     received_ns: int | None = None  # receiver's time.monotonic_ns(); set on receipt, never sent
 
@@ -101,11 +105,16 @@ class FrameMessage:
             "foreground_fraction": self.foreground_fraction,
             "confidence": self.confidence,
         }
-        if self.overlay is not None:
-            h["overlay"] = {"shape": list(self.overlay.shape), "dtype": str(self.overlay.dtype), "encoding": self.overlay_encoding}
+        if self.has_overlay:
+            shape = list(self.overlay.shape) if self.overlay is not None else [*self.mask.shape[:2], 3]
+            h["overlay"] = {"shape": shape, "dtype": "uint8", "encoding": self.overlay_encoding}
         if self.dropped is not None:
             h["dropped"] = dict(self.dropped)
         return h
+
+    @property
+    def has_overlay(self) -> bool:
+        return self.overlay is not None or (self.overlay_encoding == "jpeg" and self.overlay_jpeg is not None)
 
     def stamped(self) -> "FrameMessage":
         """A copy carrying the publication time on both clocks (what senders do just before sending)."""
@@ -114,18 +123,18 @@ class FrameMessage:
         )
 
     def encode(self, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> list[bytes]:
-        """The multipart frames; the header is validated here too, so a producer bug fails at the producer."""
+        """The multipart frames; the header is validated here too, so a producer bug fails at the producer.
+        The overlay is JPEG-encoded here only if it was not yet (the pipeline encodes it once for every sender)."""
         header = self.header()
         _check_header(header)
         parts = [topic(self.stream_id), json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), self.mask.tobytes()]
-        if self.overlay is None:
+        if not self.has_overlay:
             return parts
         if self.overlay_encoding == "raw":
             return parts + [self.overlay.tobytes()]
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(self.overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        if not ok:
-            raise MessageError(f"frame {self.frame_id}: JPEG encoding of the overlay failed")
-        return parts + [jpeg.tobytes()]
+        if self.overlay_jpeg is None:
+            self.overlay_jpeg = encode_jpeg(self.overlay, jpeg_quality)
+        return parts + [self.overlay_jpeg]
 
 
 def decode_header(parts: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:

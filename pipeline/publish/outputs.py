@@ -1,7 +1,14 @@
-"""Pipeline outputs: each takes a finished Result on the publish thread, in frame order."""
+"""Pipeline outputs. Each runs on its own worker (``handoff.SinkWorker``) and takes a finished Result whose
+message was built, and its overlay encoded, once for all of them.
+
+Every output declares what it needs (``overlay``: None, "raw" pixels or "jpeg" bytes) so the pipeline draws,
+downloads and encodes only that, and whether it is ``lossless`` (in replay it holds the run back rather than lose
+a frame) or lossy (it drops its oldest queued frame and counts it).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -16,7 +23,7 @@ from pipeline.segment.segmenter import BoneSegmenter
 class MessageFactory:
     """Result -> FrameMessage with the stream's fixed fields (ROI, reference, weights) filled in once."""
 
-    def __init__(self, segmenter: BoneSegmenter, stream_id: str, *, overlay_encoding: str = "jpeg") -> None:
+    def __init__(self, segmenter: BoneSegmenter, stream_id: str) -> None:
         g = segmenter.geometry
         self.fixed = dict(
             stream_id=stream_id,
@@ -25,17 +32,17 @@ class MessageFactory:
             reference_id=segmenter.reference.id,
             weights=segmenter.weights.label,
             random_weights=segmenter.weights.is_random,
-            overlay_encoding="jpeg" if overlay_encoding == "none" else overlay_encoding,
         )
-        self.with_overlay = overlay_encoding != "none"
 
     def __call__(self, result: Result) -> FrameMessage:
+        """The message of a labelled frame, carrying its overlay as raw pixels and/or JPEG, whichever was made."""
         pred = result.prediction
         assert pred is not None
         return FrameMessage(
             frame_id=result.frame.id,
             mask=pred.mask,
-            overlay=result.overlay if self.with_overlay else None,
+            overlay=pred.overlay,
+            overlay_jpeg=result.overlay_jpeg,
             timestamps_ns={k: v for k, v in result.stamps.items() if k != "published"},
             foreground_fraction=pred.foreground_fraction,
             confidence=pred.confidence,
@@ -45,35 +52,58 @@ class MessageFactory:
         )
 
 
-class ZmqOutput:
+class _MessageOutput:
+    """Sends the frame's message with its overlay in one encoding ("jpeg", "raw") or none."""
+
+    lossless = False
+
+    def __init__(self, encoding: str) -> None:
+        if encoding not in ("jpeg", "raw", "none"):
+            raise ValueError(f"overlay encoding {encoding!r} is not jpeg, raw or none")
+        self.overlay = None if encoding == "none" else encoding
+        self.encoding = encoding
+
+    def message(self, result: Result) -> FrameMessage:
+        msg = result.message
+        assert msg is not None
+        if self.overlay is None:
+            return dataclasses.replace(msg, overlay=None, overlay_jpeg=None)
+        return dataclasses.replace(msg, overlay_encoding=self.encoding)
+
+
+
+
+class ZmqOutput(_MessageOutput):
     """Fan-out to any number of subscribers over PUB/SUB: never blocks, a slow subscriber only loses its own frames."""
 
     name = "zmq"
 
-    def __init__(self, publisher: Publisher, make: MessageFactory) -> None:
+    def __init__(self, publisher: Publisher, encoding: str = "jpeg") -> None:
+        super().__init__(encoding)
         self.publisher = publisher
-        self.make = make
 
     def write(self, result: Result) -> None:
-        self.publisher.send(self.make(result))
-        result.stamps["published"] = time.monotonic_ns()  # after encoding and hand-over to ZeroMQ
+        self.publisher.send(self.message(result))
+        result.stamps["sent"] = time.monotonic_ns()
 
     def close(self) -> None:
         self.publisher.close()
 
 
-class LosslessOutput:
-    """One PUSH consumer that gets every frame: in replay a slow consumer back-pressures the pipeline."""
+class LosslessOutput(_MessageOutput):
+    """One PUSH consumer that gets every frame: in replay a slow consumer back-pressures the pipeline, for at most
+    ``timeout`` s per frame (then the frame is this output's failure and the run goes on)."""
 
     name = "lossless"
+    lossless = True
 
-    def __init__(self, sender: LosslessSender, make: MessageFactory, timeout: float | None = None) -> None:
+    def __init__(self, sender: LosslessSender, encoding: str = "jpeg", timeout: float = 30.0) -> None:
+        super().__init__(encoding)
         self.sender = sender
-        self.make = make
         self.timeout = timeout
 
     def write(self, result: Result) -> None:
-        self.sender.send(self.make(result), timeout=self.timeout)
+        self.sender.send(self.message(result), timeout=self.timeout)
 
     def close(self) -> None:
         self.sender.close()
@@ -83,13 +113,15 @@ class RecordOutput:
     """In-process recording (``run --record``): lossless by construction, finalised when the run closes."""
 
     name = "record"
+    lossless = True
+    overlay = "raw"  # the H.264 writer takes pixels
 
-    def __init__(self, recorder: Recorder, make: MessageFactory) -> None:
+    def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self.make = make
 
     def write(self, result: Result) -> None:
-        self.recorder.write(self.make(result))
+        assert result.message is not None
+        self.recorder.write(result.message)
 
     def close(self) -> None:
         self.recorder.close()
@@ -99,6 +131,8 @@ class MaskFiles:
     """``DIR/<frame name>.png`` masks (0/255, frame resolution), each written atomically."""
 
     name = "masks"
+    lossless = True
+    overlay = None
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -1,7 +1,12 @@
-"""Label frames with a calibrated reference: a small predictor API over any backend.
+"""Label frames with a calibrated reference: a small predictor API over any backend, numpy or device tensors.
 
     segmenter = BoneSegmenter.create("ref.json", weights="random:0")
-    prediction = segmenter.predict([frame])[0]   # prediction.mask: 0/255 at frame resolution
+    prediction = segmenter.predict([frame])[0]        # prediction.mask: 0/255 at frame resolution
+    on_device = segmenter.predict(gpu_frames, overlay=True, tensors=True)   # B x H x W uint8 on the device
+
+One frame's path: the host makes its uint8 plane (``Geometry.plane``), one copy crosses to the device, the engine
+returns patch flags and margins, the renderer makes the full-frame mask and overlay there, and only what the caller
+asked for comes back. The streaming pipeline calls this same ``predict``.
 """
 
 from __future__ import annotations
@@ -11,36 +16,50 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from calibration.reference import Reference
+from models.errors import FrameError
 from models.loader import load_model
+from models.placement import device_guard
+from models.preprocess import to_gray
 from models.weights import WeightsIdentity
 from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, Selection, select_backend
+from pipeline.infer.staging import HostMirror, StageClock, ready
+from pipeline.segment.render import RANDOM_STAMP, build_renderer
+
+Array = np.ndarray | torch.Tensor
+STAGES = ("host_to_device", "model_labelling", "mask_overlay", "device_to_host")
 
 
 @dataclass
 class Prediction:
-    """One frame's result. ``margin`` > 0 marks bone; its size is the patch's confidence."""
+    """One frame's result, as numpy arrays or (``tensors=True``) device tensors. ``margin`` > 0 marks bone; its
+    size is the patch's confidence."""
 
-    patch_mask: np.ndarray  # h x w bool
-    margin: np.ndarray  # h x w float32
-    mask: np.ndarray  # frame-size uint8, 0 or 255, zeros outside the ROI
+    patch_mask: Array  # h x w bool
+    margin: Array  # h x w float32
+    mask: Array  # frame-size uint8, 0 or 255, zeros outside the ROI
+    overlay: Array | None = None  # frame-size x 3 RGB uint8, when asked for
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def foreground_fraction(self) -> float:
-        return float(self.patch_mask.mean())
+        return float(self.patch_mask.sum()) / max(1, int(np.prod(tuple(self.patch_mask.shape))))
 
     @property
     def confidence(self) -> float:
         """Mean margin of the patches labelled bone (0 when none): how far bone patches sit from the boundary."""
-        return float(self.margin[self.patch_mask].mean()) if self.patch_mask.any() else 0.0
+        count = int(self.patch_mask.sum())
+        return float(self.margin[self.patch_mask].sum()) / count if count else 0.0
 
 
 class BoneSegmenter:
+    """A reference, a backend built for it, and the device-side renderer; ``predict`` is the whole frame path."""
+
     selection: Selection | None = None  # how create() chose the backend (auto's timings and fallbacks)
 
     def __init__(self, reference: Reference, backend: Backend, weights: WeightsIdentity) -> None:
@@ -49,6 +68,19 @@ class BoneSegmenter:
         self.geometry = reference.geometry
         self.backend = backend
         self.weights = weights
+        staging = backend.staging
+        self.device = staging.device
+        with device_guard(self.device):
+            self.renderer = build_renderer(self.geometry, RANDOM_STAMP if weights.is_random else None, self.device)
+            batch = staging.shape[0]
+            self.patches = torch.zeros((batch, *self.geometry.grid), dtype=torch.uint8, device=self.device)
+            # the gray frames the overlay is drawn on: the engine's own input when it takes whole frames
+            self.frames = staging.input if self.geometry.on_device else torch.zeros((batch, *self.geometry.frame_size), dtype=torch.uint8, device=self.device)
+            self.host_frames = torch.zeros(tuple(self.frames.shape), dtype=torch.uint8, pin_memory=True) if staging.cuda and not self.geometry.on_device else None
+            self.render_mask = ready(lambda p: self.renderer(p), self.patches)
+            self.render_both = ready(lambda p, f: self.renderer(p, f), self.patches, self.frames)
+        self.clock = StageClock(self.device, STAGES)
+        self.mirror = HostMirror(self.device)
 
     @classmethod
     def create(
@@ -65,7 +97,8 @@ class BoneSegmenter:
         progress: bool = True,
     ) -> "BoneSegmenter":
         """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
-        every fallback reported in ``selection``); ``batch`` is the engines' static batch size."""
+        every fallback reported in ``selection``); ``batch`` is the engines' static batch size. Everything is
+        built, warmed up and (on CUDA) captured here, before any frame."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         model, identity = load_model(weights, allow_download=allow_download, progress=progress)
         deployment = Deployment.from_reference(model, identity.label, ref)
@@ -74,23 +107,76 @@ class BoneSegmenter:
         segmenter.selection = selection
         return segmenter
 
-    def prepare(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
-        return self.geometry.preprocess_batch(images, names)
+    @property
+    def batch(self) -> int:
+        return self.backend.staging.shape[0]
 
-    def finish(self, patch_mask: np.ndarray, margin: np.ndarray) -> Prediction:
-        flags = patch_mask.astype(bool)
-        mask = self.geometry.patch_to_frame(flags.astype(np.uint8) * np.uint8(255))
-        return Prediction(flags, margin, mask)
-
-    def predict(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
-        t0 = time.perf_counter()
-        batch = self.prepare(images, names)
-        t1 = time.perf_counter()
-        masks, margins = self.backend(batch)
-        t2 = time.perf_counter()
-        out = [self.finish(m, g) for m, g in zip(masks, margins)]
-        t3 = time.perf_counter()
-        n = len(images)
+    def predict(self, frames: Sequence[np.ndarray] | torch.Tensor, names: Sequence[str] | None = None, *, overlay: bool = False, tensors: bool = False) -> list[Prediction]:
+        """Label ``frames``: uint8 images as captured (gray or RGB, frame size of the reference), or a B x H x W uint8
+        gray tensor already on the segmenter's device. ``overlay`` also draws the overlay; ``tensors`` returns
+        device tensors (copies, safe to keep) instead of numpy arrays. ``names`` label frames in errors."""
+        start = time.perf_counter()
+        planes, gray = self._host_inputs(frames, names, overlay)
+        prepare_ms = (time.perf_counter() - start) * 1e3 / max(1, len(planes))
+        out: list[Prediction] = []
+        with torch.inference_mode(), device_guard(self.device):
+            for first in range(0, len(planes), self.batch):
+                chunk = slice(first, first + self.batch)
+                out += self._run(planes[chunk], None if gray is None else gray[chunk], overlay, tensors)
         for p in out:
-            p.timings_ms = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+            p.timings_ms["prepare"] = prepare_ms
         return out
+
+    def _host_inputs(self, frames: Sequence[np.ndarray] | torch.Tensor, names: Sequence[str] | None, overlay: bool) -> tuple[Array, Array | None]:
+        """The engine's planes, and the gray frames for the overlay when they are not the planes themselves."""
+        g = self.geometry
+        if isinstance(frames, torch.Tensor):
+            if frames.dtype != torch.uint8 or frames.ndim != 3 or tuple(frames.shape[1:]) != tuple(g.frame_size) or frames.device != self.device:
+                raise FrameError(
+                    f"frames tensor {tuple(frames.shape)} {frames.dtype} on {frames.device}: expected B x {g.frame_size[0]} x "
+                    f"{g.frame_size[1]} uint8 gray on {self.device}"
+                )
+            if not g.on_device:
+                raise FrameError(
+                    f"this reference resamples on the host ({g.resampling}): pass numpy frames, or calibrate with a device "
+                    "resampling (--resampling bilinear-aa) to feed device tensors"
+                )
+            return frames, None
+        names = list(names) if names is not None else [f"frame {i}" for i in range(len(frames))]
+        planes = g.planes(frames, names)
+        if overlay and not g.on_device:
+            return planes, np.stack([to_gray(f, n) for f, n in zip(frames, names)])
+        return planes, None
+
+    def _run(self, planes: Array, gray: Array | None, overlay: bool, tensors: bool) -> list[Prediction]:
+        staging, clock = self.backend.staging, self.clock
+        clock.mark(0)
+        n = staging.upload(planes)
+        if gray is not None:
+            self._upload_frames(gray, n)
+        clock.mark(1)
+        flags, margin = self.backend.compute(staging.input)[:2]
+        self.patches.copy_(flags)
+        clock.mark(2)
+        rendered = self.render_both(self.patches, self.frames) if overlay else self.render_mask(self.patches)
+        clock.mark(3)
+        if tensors:
+            results = [t[:n].clone() for t in (flags, margin, *rendered)]
+        else:
+            results = [self.mirror.start(i, t) for i, t in enumerate((flags, margin, *rendered))]
+        clock.mark(4)
+        timings = {k: v / n for k, v in clock.elapsed_ms().items()}
+        if not tensors:
+            results = [HostMirror.numpy(t, n) for t in results]
+        flags_, margins, masks, *overlays = results
+        return [
+            Prediction(flags_[i].bool() if tensors else flags_[i].astype(bool), margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings))
+            for i in range(n)
+        ]
+
+    def _upload_frames(self, gray: np.ndarray, n: int) -> None:
+        if self.host_frames is not None:
+            self.host_frames[:n].copy_(torch.from_numpy(gray))
+            self.frames[:n].copy_(self.host_frames[:n], non_blocking=True)
+        else:
+            self.frames[:n].copy_(torch.from_numpy(gray))

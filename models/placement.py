@@ -1,0 +1,47 @@
+"""Device placement, in one place: modules are built directly on their device and work runs under its guard.
+
+Nothing in bonestream moves a module with ``.to()`` after it was built: an engine or encoder is constructed on
+its device from weights it copies (the loaded model stays where it was loaded, shared and untouched), so two
+engines never share storage and no engine sees another's device or dtype change under it.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def resolve(device: str | torch.device) -> torch.device:
+    """``cuda`` means the current CUDA device, by index, so guards and events name one device."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+@contextmanager
+def device_guard(device: str | torch.device) -> Iterator[torch.device]:
+    """Run on ``device``: on CUDA it becomes the current device, so kernels, streams and events of the work inside
+    go to it (``cuda:1`` work timed with ``cuda:0`` events would be read before it finished)."""
+    dev = resolve(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            yield dev
+    else:
+        yield dev
+
+
+def build_on(device: str | torch.device, factory: Callable[[torch.device], M]) -> M:
+    """Construct ``factory(device)`` with its tensors created on ``device``; frozen and in eval mode.
+
+    The default-device context applies while building only: at run time it would add a dispatch to every op."""
+    with ExitStack() as stack:
+        dev = stack.enter_context(device_guard(device))
+        stack.enter_context(dev)
+        module = factory(dev)
+    return module.eval().requires_grad_(False)

@@ -1,0 +1,148 @@
+"""Bounded hand-offs between stages, with declared policies, and the worker that runs one output behind one.
+
+Holoscan's lesson: every edge has a queue policy. ``drop_oldest`` (live input, lossy outputs) keeps the newest
+items and counts what it discards, so latency never grows behind a slow consumer; ``block`` (replay, lossless
+outputs) waits for room, bounded by a timeout where a consumer may never come back. Only the frame ids of
+dropped items are kept (8 bytes each), never the frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from array import array
+from collections import deque
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """A hand-off was closed because the run is ending."""
+
+
+class Handoff(Generic[T]):
+    """Bounded queue between two stages; ``drop_oldest`` discards the oldest item of a full queue instead of
+    blocking the producer. ``frame_id`` names an item in the drop log."""
+
+    def __init__(self, name: str, maxsize: int, drop_oldest: bool, frame_id: Callable[[Any], int] = int) -> None:
+        self.name = name
+        self.maxsize = max(1, maxsize)
+        self.drop_oldest = drop_oldest
+        self.frame_id = frame_id
+        self.dropped = array("q")  # frame ids, in drop order
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: T, *, force: bool = False, timeout: float | None = None) -> None:
+        """Add ``item``; a blocking queue waits for room (TimeoutError after ``timeout`` s, Stopped once closed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not force and len(self._items) >= self.maxsize:
+                if self.drop_oldest:
+                    self.dropped.append(self.frame_id(self._items.popleft()))
+                    break
+                if self._closed:
+                    raise Stopped(self.name)
+                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.name}: no room for {timeout} s")
+                self._cond.wait(remaining)
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Next item; raises TimeoutError when ``timeout`` passes with none."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(self.name)
+                self._cond.wait(remaining if remaining is not None else 0.1)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def get_nowait(self) -> Any:
+        return self.get(timeout=0)
+
+    def close(self) -> None:
+        """Wake a producer blocked on a full queue so it can stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Sink(Protocol[T]):
+    name: str
+
+    def write(self, item: T) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_END = object()
+
+
+class SinkWorker(Generic[T]):
+    """One output on its own thread behind its own bounded hand-off, so a slow disk or consumer delays neither
+    inference nor the other outputs. ``lossless``: the producer waits for room (at most ``put_timeout`` s, then the
+    item counts as dropped); otherwise the oldest queued item is dropped. Drops and write errors are per output.
+    ``on_written`` runs on this worker after each successful write."""
+
+    def __init__(
+        self, sink: Sink[T], *, capacity: int, lossless: bool, frame_id: Callable[[Any], int], put_timeout: float = 30.0,
+        on_written: Callable[[T], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.lossless = lossless
+        self.put_timeout = put_timeout
+        self.queue: Handoff[T] = Handoff(f"output:{sink.name}", capacity, not lossless, frame_id)
+        self.frame_id = frame_id
+        self.on_written = on_written
+        self.written = 0
+        self.failed: list[tuple[int, str]] = []  # (frame id, error)
+        self._thread = threading.Thread(target=self._loop, name=f"bonestream-output-{sink.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> array:
+        return self.queue.dropped
+
+    def submit(self, item: T) -> None:
+        try:
+            self.queue.put(item, timeout=self.put_timeout if self.lossless else None)
+        except (TimeoutError, Stopped):
+            self.queue.dropped.append(self.frame_id(item))
+            log.warning("output %s: no room for frame %s within %s s; dropped", self.name, self.frame_id(item), self.put_timeout)
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not _END:
+            try:
+                self.sink.write(item)
+                self.written += 1
+                if self.on_written is not None:
+                    self.on_written(item)
+            except Exception as exc:  # one output's failure is its own: the others and the run go on
+                self.failed.append((self.frame_id(item), f"{exc.__class__.__name__}: {exc}"))
+                log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
+
+    def close(self, timeout: float) -> list[str]:
+        """Let the queue drain (at most ``timeout`` s), then close the output. Returns what went wrong."""
+        problems = []
+        self.queue.put(_END, force=True)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            problems.append(f"{self.name}: still writing after {timeout:.0f} s; closed with frames queued")
+            self.queue.close()
+        try:
+            self.sink.close()
+        except Exception as exc:
+            problems.append(f"{self.name} close: {exc.__class__.__name__}: {exc}")
+        return problems
