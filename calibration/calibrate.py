@@ -67,10 +67,11 @@ def key_batches(
     """Keys (and CLS attention) of frames through ``geometry``, batch by batch, on ``device``: computed by the same
     encoder the runtime engines are built from (uint8 planes in, normalisation in the graph), built there."""
     encoder = build_encoder(model, geometry, device)
-    with torch.inference_mode(), device_guard(device) as dev:
-        for start in tqdm(range(0, len(images), batch_size), desc="keys", unit="batch", disable=not progress):
-            planes = geometry.planes(images[start : start + batch_size], names[start : start + batch_size])
-            yield encoder(torch.from_numpy(planes).to(dev), attention=attention)
+    for start in tqdm(range(0, len(images), batch_size), desc="keys", unit="batch", disable=not progress):
+        planes = geometry.planes(images[start : start + batch_size], names[start : start + batch_size])
+        with torch.no_grad(), device_guard(device) as dev:  # entered per batch: nothing leaks into the caller between yields
+            out = encoder(torch.from_numpy(planes).to(dev), attention=attention)
+        yield out
 
 
 def extract(

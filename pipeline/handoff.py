@@ -71,6 +71,14 @@ class Handoff(Generic[T]):
     def get_nowait(self) -> Any:
         return self.get(timeout=0)
 
+    def drain(self) -> list[Any]:
+        """Take every queued item at once (to account for them when a run is cut short)."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return items
+
     def close(self) -> None:
         """Wake a producer blocked on a full queue so it can stop."""
         with self._cond:
@@ -91,13 +99,16 @@ _END = object()
 
 class SinkWorker(Generic[T]):
     """One output on its own thread behind its own bounded hand-off, so a slow disk or consumer delays neither
-    inference nor the other outputs. ``lossless``: the producer waits for room (at most ``put_timeout`` s, then the
-    item counts as dropped); otherwise the oldest queued item is dropped. Drops and write errors are per output.
+    inference nor the other outputs. Drops and write errors are per output, by frame id.
+
+    ``lossless``: the producer waits for room, at most ``put_timeout`` s; an output that let that pass is stalled
+    and its frames are dropped without waiting until it takes one again, so a dead consumer costs one timeout, not
+    one per frame. Otherwise the oldest queued item is dropped. Once ``abort`` is set nothing waits at all.
     ``on_written`` runs on this worker after each successful write."""
 
     def __init__(
         self, sink: Sink[T], *, capacity: int, lossless: bool, frame_id: Callable[[Any], int], put_timeout: float = 30.0,
-        on_written: Callable[[T], None] | None = None,
+        on_written: Callable[[T], None] | None = None, abort: threading.Event | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -106,8 +117,13 @@ class SinkWorker(Generic[T]):
         self.queue: Handoff[T] = Handoff(f"output:{sink.name}", capacity, not lossless, frame_id)
         self.frame_id = frame_id
         self.on_written = on_written
+        self.abort = abort or threading.Event()
         self.written = 0
         self.failed: list[tuple[int, str]] = []  # (frame id, error)
+        self._stalled = False
+        self._lock = threading.Lock()  # the worker's bookkeeping against close() giving up on it
+        self._abandoned = False
+        self._current: int | None = None
         self._thread = threading.Thread(target=self._loop, name=f"bonestream-output-{sink.name}", daemon=True)
         self._thread.start()
 
@@ -116,33 +132,58 @@ class SinkWorker(Generic[T]):
         return self.queue.dropped
 
     def submit(self, item: T) -> None:
+        if not self.lossless:
+            self.queue.put(item)
+            return
+        wait = 0.0 if self._stalled or self.abort.is_set() else self.put_timeout
         try:
-            self.queue.put(item, timeout=self.put_timeout if self.lossless else None)
+            self.queue.put(item, timeout=wait)
+            self._stalled = False
         except (TimeoutError, Stopped):
+            if not self._stalled:
+                log.warning("output %s took no frame for %s s: dropping its frames until it takes one again", self.name, wait)
+            self._stalled = True
             self.queue.dropped.append(self.frame_id(item))
-            log.warning("output %s: no room for frame %s within %s s; dropped", self.name, self.frame_id(item), self.put_timeout)
 
     def _loop(self) -> None:
         while (item := self.queue.get()) is not _END:
+            with self._lock:
+                if self._abandoned:
+                    return
+                self._current = self.frame_id(item)
+            error = None
             try:
                 self.sink.write(item)
+            except Exception as exc:  # one output's failure is its own: the others and the run go on
+                error = f"{exc.__class__.__name__}: {exc}"
+                log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
+            with self._lock:
+                if self._abandoned:  # close() gave up on this write and already counted it as failed
+                    return
+                self._current = None
+                if error is not None:
+                    self.failed.append((self.frame_id(item), error))
+                    continue
                 self.written += 1
                 if self.on_written is not None:
                     self.on_written(item)
-            except Exception as exc:  # one output's failure is its own: the others and the run go on
-                self.failed.append((self.frame_id(item), f"{exc.__class__.__name__}: {exc}"))
-                log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
 
     def close(self, timeout: float) -> list[str]:
-        """Let the queue drain (at most ``timeout`` s), then close the output. Returns what went wrong."""
-        problems = []
+        """Let the queue drain (at most ``timeout`` s), then close the output. An output still writing then is left
+        open (closing it under its writer would corrupt it): its queued frames count as dropped, the frame it is
+        writing as failed. Returns what went wrong."""
         self.queue.put(_END, force=True)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            problems.append(f"{self.name}: still writing after {timeout:.0f} s; closed with frames queued")
-            self.queue.close()
+            with self._lock:
+                self._abandoned = True
+                pending = [i for i in self.queue.drain() if i is not _END]
+                self.queue.dropped.extend(self.frame_id(i) for i in pending)
+                if self._current is not None:
+                    self.failed.append((self._current, f"still being written after {timeout:g} s when the run closed"))
+            return [f"{self.name}: still writing after {timeout:g} s; left open, {len(pending)} queued frames dropped"]
         try:
             self.sink.close()
         except Exception as exc:
-            problems.append(f"{self.name} close: {exc.__class__.__name__}: {exc}")
-        return problems
+            return [f"{self.name} close: {exc.__class__.__name__}: {exc}"]
+        return []

@@ -131,6 +131,7 @@ class Pipeline:
         self.live = source.live if config.live is None else config.live
         self.on_result = on_result
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second stop: nothing waits any longer
         drop = self.live
         self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
         self.to_encode = Handoff("encode", config.queue_size, drop, _frame_id)
@@ -146,9 +147,12 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop reading (safe from a signal handler); frames already read are still processed and published.
+        A second call aborts: no output is waited for any longer and frames not yet through are counted as dropped.
 
         Live sources are closed at once so a capture blocked on the device wakes; replay sources are left to
         the capture thread, which sees the flag before its next frame."""
+        if self._stop.is_set():
+            self._abort.set()
         self._stop.set()
         self.summary.interrupted = True
         if self.live:
@@ -232,7 +236,15 @@ class Pipeline:
     def _encode_stage(self) -> None:
         stream = torch.cuda.stream(self._encode_stream) if self._encode_stream is not None else nullcontext()
         with stream:
-            while (result := self.to_encode.get()) is not _END:
+            while True:
+                try:
+                    result = self.to_encode.get(timeout=0.2)
+                except TimeoutError:
+                    if self._abort.is_set():  # e.g. inference wedged: the run ends all the same
+                        return
+                    continue
+                if result is _END:
+                    return
                 try:
                     self._encode(result)
                 except Exception as exc:
@@ -257,7 +269,7 @@ class Pipeline:
         c = self.config
         self.workers = [
             SinkWorker(o, capacity=c.output_queue, lossless=o.lossless and not self.live, frame_id=_frame_id, put_timeout=c.output_timeout,
-                       on_written=self._published if i == 0 else None)
+                       on_written=self._published if i == 0 else None, abort=self._abort)
             for i, o in enumerate(self.outputs)
         ]
         threads = [threading.Thread(target=fn, name=f"bonestream-{fn.__name__.strip('_')}", daemon=True) for fn in (self._capture, self._infer)]
@@ -270,9 +282,11 @@ class Pipeline:
             for h in (self.to_infer, self.to_encode):
                 h.close()
             for t in threads:
-                t.join(timeout=10)
+                t.join(timeout=1 if self._abort.is_set() else 10)
+            for h in (self.to_infer, self.to_encode):  # only an abort leaves frames here: they count as dropped
+                h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
             for worker in self.workers:
-                self.summary.output_errors += worker.close(c.close_timeout)
+                self.summary.output_errors += worker.close(min(c.close_timeout, 1.0) if self._abort.is_set() else c.close_timeout)
             self._account()
             self.summary.wall_s = time.monotonic() - started
         return self.summary

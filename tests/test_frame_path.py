@@ -233,10 +233,58 @@ def test_a_slow_output_delays_neither_inference_nor_the_others(device_segmenter)
     assert all(j is not None and j[:2] == b"\xff\xd8" for j in fast.jpegs)
 
 
-def test_a_stuck_lossless_output_times_out_instead_of_freezing_the_run(device_segmenter) -> None:
-    stuck = Sink("stuck", 1.0, lossless=True, overlay=None)
+class Stuck(Sink):
+    """Takes ``delay_s`` per write and remembers whether it was closed under a write."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__("stuck", delay_s, lossless=True, overlay=None)
+        self.writing = False
+        self.closed_while_writing = False
+
+    def write(self, result: Result) -> None:
+        self.writing = True
+        super().write(result)
+        self.writing = False
+
+    def close(self) -> None:
+        self.closed_while_writing = self.writing
+
+
+def test_a_dead_lossless_output_costs_one_timeout_and_every_frame_is_accounted_for(device_segmenter) -> None:
+    stuck = Stuck(1.0)
     started = time.monotonic()
-    summary = Pipeline(Frames(6), device_segmenter, [stuck], RunConfig(output_queue=1, output_timeout=0.2, close_timeout=0.5)).run()
-    assert time.monotonic() - started < 20
-    assert summary.processed == 6 and summary.outputs["stuck"]["dropped"] >= 1
-    assert any("still writing" in e for e in summary.output_errors)
+    summary = Pipeline(Frames(20), device_segmenter, [stuck], RunConfig(output_queue=1, output_timeout=0.3, close_timeout=0.5)).run()
+    assert time.monotonic() - started < 10  # one 0.3 s wait, then its frames are dropped without waiting
+    counts = summary.outputs["stuck"]
+    assert summary.processed == 20 and counts["written"] + counts["dropped"] + counts["failed"] == 20
+    assert sorted(stuck.ids + summary.dropped_ids["output:stuck"] + [int(e.split()[2].rstrip(":")) for e in summary.output_errors if e.startswith("stuck frame")]) == list(range(20))
+    assert any("left open" in e for e in summary.output_errors) and not stuck.closed_while_writing
+    assert summary.published == counts["written"]
+
+
+def test_a_second_stop_aborts_without_waiting_for_outputs(device_segmenter) -> None:
+    stuck = Stuck(0.5)
+    pipeline = Pipeline(Frames(30), device_segmenter, [stuck], RunConfig(output_queue=2, output_timeout=60, close_timeout=60))
+    stops = []
+
+    def on_frame(result: Result) -> None:
+        pipeline.stop()
+        stops.append(result.frame.id)
+        pipeline.stop()  # the second signal
+
+    pipeline.on_result = on_frame
+    started = time.monotonic()
+    summary = pipeline.run()
+    assert time.monotonic() - started < 15 and summary.interrupted  # neither 60 s timeout was waited for
+    lost = [i for ids in summary.dropped_ids.values() for i in ids] + [int(e.split()[2].rstrip(":")) for e in summary.output_errors if e.startswith("stuck frame")]
+    assert sorted(stuck.ids + lost) == sorted(set(stuck.ids + lost)) and len(stuck.ids + lost) == summary.read - len(summary.failed)
+
+
+def test_predictor_edge_cases(device_segmenter, deployment) -> None:
+    assert device_segmenter.predict([]) == []
+    with pytest.raises(ValueError, match="fused engine"):
+        BoneSegmenter(device_segmenter.reference, TorchBackend(deployment, outputs="keys"), device_segmenter.weights)
+    pred = device_segmenter.predict(torch.zeros((1, 60, 70), dtype=torch.uint8), overlay=True, tensors=True)[0]
+    pred.mask.zero_()  # ordinary tensors, not inference-mode ones: callers may write to them
+    pred.overlay[..., 0] = 0
+    assert deployment.key("onnx", outputs="fused", batch=1, precision="fp32", device="cpu").artifact.endswith("-v2")

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop_on_signals(pipeline: Pipeline) -> None:
-    """SIGINT/SIGTERM stop reading; what was read is still processed and every output is closed cleanly."""
+    """SIGINT/SIGTERM stop reading; what was read is still processed and every output is closed cleanly. A second
+    signal aborts: outputs are no longer waited for and what is not through yet is counted as dropped."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGINT, signal.SIGTERM):

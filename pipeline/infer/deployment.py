@@ -17,6 +17,10 @@ from models.preprocess import Geometry
 from models.vit import DinoViT
 from pipeline.infer.cache import EngineKey, device_identity, library_versions
 
+# The compiled core's interface (input: float32 gray pixels B x 1 x H x W; its outputs), in every engine's cache key:
+# bumped whenever it changes, so an engine built by another version is rebuilt, never fed the wrong input.
+ENGINE_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -46,7 +50,7 @@ class Deployment:
     def key(self, artifact: str, *, outputs: str, batch: int, precision: str, device: str) -> EngineKey:
         """Cache key of an engine; keys-only engines hold no centroids, so they do not depend on the reference."""
         return EngineKey(
-            artifact=f"{artifact}-{outputs}",
+            artifact=f"{artifact}-{outputs}-v{ENGINE_FORMAT}",
             weights=self.weights,
             reference=self.reference if outputs == "fused" else "",
             input_size=self.input_size,

@@ -23,6 +23,7 @@ PRECISIONS = (*DTYPES, "int8")  # int8: linear layers quantised in the ONNX grap
 OUTPUT_NAMES = {"fused": ("mask", "margin"), "keys": ("keys",)}  # what an engine returns, by kind
 
 
+
 def check_precision(precision: str) -> torch.dtype:
     if precision not in DTYPES:
         raise ValueError(f"precision {precision!r} is not one of {sorted(DTYPES)}")

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from models.placement import resolve
 from pipeline.infer.backend import BackendUnavailable, require_cuda
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
@@ -52,11 +53,12 @@ def provider_options(name: str, device: torch.device, precision: str, engine_dir
     if device.type == "cpu":
         return [("CPUExecutionProvider", {})]
     stream = str(torch.cuda.current_stream(device).cuda_stream)
-    cuda = ("CUDAExecutionProvider", {"device_id": device.index or 0, "user_compute_stream": stream})
+    # ONNX Runtime keeps this stream for the session's life: the device's current stream at creation (its default)
+    cuda = ("CUDAExecutionProvider", {"device_id": device.index, "user_compute_stream": stream})
     if name == "onnxruntime":
         return [cuda]
     trt = {
-        "device_id": device.index or 0,
+        "device_id": device.index,
         "user_compute_stream": stream,
         "trt_fp16_enable": precision == "fp16",
         "trt_engine_cache_enable": True,
@@ -85,6 +87,7 @@ class OnnxRuntimeBackend(StagedBackend):
         dev = torch.device(self.device)
         if dev.type != "cpu":
             require_cuda(self.name, self.device)
+            dev = resolve(dev)  # "cuda" is the current device, by index: ONNX Runtime needs its device id
         if self.precision not in ONNX_PRECISIONS:
             raise BackendUnavailable(f"{self.name}: precision {self.precision} cannot be exported (ONNX Conv has no bfloat16)")
         if self.precision == "int8" and dev.type != "cpu":
@@ -110,7 +113,8 @@ class OnnxRuntimeBackend(StagedBackend):
             )
         self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
         self.input_step = model_input(self.deployment, dev)
-        self.compute = ready(self._host_compute if dev.type == "cpu" else self._bind_device(), self.staging.input)
+        # never captured: ONNX Runtime launches on the stream it was given at session creation, not torch's capture stream
+        self.compute = ready(self._host_compute if dev.type == "cpu" else self._bind_device(), self.staging.input, capture=False)
 
     def _host_compute(self, planes: torch.Tensor) -> list[torch.Tensor]:
         outputs = self.session.run(list(OUTPUT_NAMES[self.outputs]), {INPUT_NAME: self.input_step(planes).numpy()})
@@ -121,12 +125,12 @@ class OnnxRuntimeBackend(StagedBackend):
         dev = self.staging.device
         binding = self.session.io_binding()
         pixels = torch.empty(self.deployment.pixel_shape(self.batch), dtype=torch.float32, device=dev)
-        binding.bind_input(INPUT_NAME, "cuda", dev.index or 0, np.float32, tuple(pixels.shape), pixels.data_ptr())
+        binding.bind_input(INPUT_NAME, "cuda", dev.index, np.float32, tuple(pixels.shape), pixels.data_ptr())
         outputs = []
         for meta in self.session.get_outputs():
             np_type, torch_type = ORT_TYPES[meta.type]
             out = torch.empty(tuple(meta.shape), dtype=torch_type, device=dev)
-            binding.bind_output(meta.name, "cuda", dev.index or 0, np_type, tuple(out.shape), out.data_ptr())
+            binding.bind_output(meta.name, "cuda", dev.index, np_type, tuple(out.shape), out.data_ptr())
             outputs.append(out)
 
         def compute(planes: torch.Tensor) -> list[torch.Tensor]:

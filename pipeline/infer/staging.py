@@ -127,7 +127,8 @@ def capture_cuda_graph(compute: Callable[..., Sequence[torch.Tensor]], *static_i
             compute(*static_inputs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.inference_mode():
+    # thread_local: another thread's CUDA work (a second stream being built beside a running one) does not break it
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.inference_mode():
         static_outputs = tuple(compute(*static_inputs))
 
     def replay(*_: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -138,15 +139,18 @@ def capture_cuda_graph(compute: Callable[..., Sequence[torch.Tensor]], *static_i
     return replay
 
 
-def ready(compute: Callable[..., Sequence[torch.Tensor]], *static_inputs: torch.Tensor) -> Callable[..., Sequence[torch.Tensor]]:
-    """``compute`` made ready before the first frame: on CUDA captured into a graph, on the CPU run once (first-call
-    allocation, torch.compile's compilation), so no live frame pays for either."""
-    if static_inputs[0].is_cuda:
-        with device_guard(static_inputs[0].device):
+def ready(compute: Callable[..., Sequence[torch.Tensor]], *static_inputs: torch.Tensor, capture: bool = True) -> Callable[..., Sequence[torch.Tensor]]:
+    """``compute`` made ready before the first frame: on CUDA captured into a graph (torch work only: a foreign
+    runtime such as ONNX Runtime launches on its own stream, which a capture would miss, so it passes
+    ``capture=False``), otherwise run CUDA_GRAPH_WARMUP times (first-call allocation, torch.compile's compilation),
+    so no live frame pays for either."""
+    with device_guard(static_inputs[0].device):
+        if capture and static_inputs[0].is_cuda:
             return capture_cuda_graph(compute, *static_inputs)
-    with torch.inference_mode():
-        compute(*static_inputs)
-    return compute
+        with torch.inference_mode():
+            for _ in range(CUDA_GRAPH_WARMUP if static_inputs[0].is_cuda else 1):
+                compute(*static_inputs)
+        return compute
 
 
 class StagedBackend:

@@ -6,7 +6,8 @@ in torch, never run as a hybrid under the TensorRT label. The engine is strongly
 the 2.11 default): the ViT in the requested precision, LayerNorm and labelling in fp32 exactly as the graph's casts
 say, so TensorRT cannot pick fp16 LayerNorm kernels that overflow; ``enabled_precisions`` is therefore left unset
 (2.11 asserts it is only fp32 under explicit typing). ``disable_tf32`` keeps every fp32 layer (the whole fp32
-ViT, and LayerNorm and the distances of reduced-precision engines) in true fp32, as the other backends compute it.
+ViT, and LayerNorm and the distances of reduced-precision engines) in true fp32. (torch leaves cuDNN's TF32 on for
+convolutions by default: the torch backend's patch embedding may run in TF32 on Ampere and later.)
 
 No uint8 inside the engine: torch-tensorrt 2.11 converts no cast to uint8 (``_to_copy`` accepts float, int32,
 int64, bool, int8, fp16, bf16) and TensorRT constants cannot be uint8, so the engine returns the labeller's bool
@@ -18,6 +19,7 @@ so the backend does not capture it again. Built engines are tied to the GPU mode
 from __future__ import annotations
 
 import operator
+import threading
 import warnings
 import weakref
 from contextlib import ExitStack
@@ -41,6 +43,34 @@ try:
     from torch.export._unlift import GuardsFn  # torch >= 2.9 puts input checks (no compute) in unlifted modules
 except ImportError:
     GuardsFn = ()  # type: ignore[assignment,misc]
+
+
+class CudaGraphMode:
+    """torch-tensorrt's CUDA-graph runtime mode is process-wide (``enable_cudagraphs`` sets it until its context
+    exits): entered by the first TensorRT backend and left when the last one is released, so closing one backend
+    never takes the graphs from another."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _stack: ExitStack | None = None
+
+    @classmethod
+    def acquire(cls, trt: ModuleType, module: nn.Module) -> nn.Module:
+        """``module`` to call in the mode (a whole-graph engine is returned as it is)."""
+        with cls._lock:
+            if cls._users == 0:
+                cls._stack = ExitStack()
+                module = cls._stack.enter_context(trt.runtime.enable_cudagraphs(module))
+            cls._users += 1
+            return module
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._stack is not None:
+                cls._stack.close()
+                cls._stack = None
 
 
 def import_torch_tensorrt() -> ModuleType:
@@ -134,10 +164,8 @@ class TensorRTBackend(StagedBackend):
             path, self.cache_hit = self.cache.fetch(key, ".ep", lambda p: self._build(trt, dev, p))
             with path.open("rb") as f:  # a buffer: torch.export warns on (and means to refuse) names not ending .pt2
                 loaded = trt.load(f).module()  # torch_tensorrt is imported, so its engine class and op resolve
-            # enable_cudagraphs sets a process-wide runtime mode until exit: held for this backend's lifetime.
-            self._runtime = ExitStack()
-            weakref.finalize(self, self._runtime.close)
-            self._engine = self._runtime.enter_context(trt.runtime.enable_cudagraphs(loaded))
+            self._engine = CudaGraphMode.acquire(trt, loaded)
+            self._release = weakref.finalize(self, CudaGraphMode.release)
             self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
             self.input_step = model_input(self.deployment, dev)
             self.compute = self._compute
@@ -156,8 +184,8 @@ class TensorRTBackend(StagedBackend):
         return flag.to(torch.uint8), margin
 
     def close(self) -> None:
-        """Leave TensorRT's CUDA-graph runtime mode (also done when the backend is garbage collected)."""
-        self._runtime.close()
+        """Release TensorRT's CUDA-graph runtime mode (also done when the backend is garbage collected)."""
+        self._release()
 
     def _build(self, trt: ModuleType, dev: torch.device, path: Path) -> None:
         """Export, compile into one engine (or refuse, naming what TensorRT could not take), save for the cache."""

@@ -2,7 +2,8 @@
 on the host) and the arrays outputs need on the host.
 
 On CUDA only the compressed bytes (~100 kB) cross back to the host instead of the 2.3 MB RGB frame. torchvision
-is optional: without it a CUDA overlay is copied to the host and encoded there (and the log says so once).
+(the ``gpu`` extra) is optional: without it, or when its encoder fails, a CUDA overlay is copied to the host and
+encoded there, and the log says so once.
 """
 
 from __future__ import annotations
@@ -18,32 +19,32 @@ from pipeline.segment.segmenter import Prediction
 log = logging.getLogger(__name__)
 
 DEFAULT_JPEG_QUALITY = 90
-_warned = False
+_nvjpeg_failed: str | None = None  # why the device encoder is not used, once it failed (logged once)
 
 
 class JpegError(ValueError):
     """The encoder refused an image."""
 
 
-def _nvjpeg():  # torchvision.io.encode_jpeg, or None when torchvision (or its CUDA JPEG support) is absent
-    global _warned
-    try:
-        from torchvision.io import encode_jpeg
+def _device_jpeg(rgb: torch.Tensor, quality: int) -> bytes | None:
+    """nvJPEG through torchvision, or None (and the host encoder from then on) when it is missing or fails."""
+    global _nvjpeg_failed
+    if _nvjpeg_failed is None:
+        try:
+            from torchvision.io import encode_jpeg
 
-        return encode_jpeg
-    except Exception as exc:  # ImportError, or torchvision built without its image extension
-        if not _warned:
-            _warned = True
-            log.warning("torchvision's nvJPEG is unavailable (%s): CUDA overlays are encoded on the host", exc)
-        return None
+            return encode_jpeg(rgb.permute(2, 0, 1).contiguous(), quality=quality).cpu().numpy().tobytes()
+        except Exception as exc:  # torchvision absent, or built without CUDA JPEG support
+            _nvjpeg_failed = f"{type(exc).__name__}: {exc}"
+            log.warning("nvJPEG unavailable (%s): overlays are encoded on the host from now on", _nvjpeg_failed)
+    return None
 
 
 def encode_jpeg(rgb: np.ndarray | torch.Tensor, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """An H x W x 3 RGB uint8 image as a baseline JPEG file."""
     if isinstance(rgb, torch.Tensor):
-        encode = _nvjpeg() if rgb.is_cuda else None
-        if encode is not None:
-            return encode(rgb.permute(2, 0, 1).contiguous(), quality=quality).cpu().numpy().tobytes()
+        if rgb.is_cuda and (data := _device_jpeg(rgb, quality)) is not None:
+            return data
         rgb = rgb.cpu().numpy()
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:

@@ -84,7 +84,7 @@ class ZmqOutput(_MessageOutput):
 
     def write(self, result: Result) -> None:
         self.publisher.send(self.message(result))
-        result.stamps["sent"] = time.monotonic_ns()
+        result.stamps["published"] = time.monotonic_ns()  # after the hand-over to ZeroMQ
 
     def close(self) -> None:
         self.publisher.close()

@@ -4,7 +4,8 @@
 its queue (``sndhwm`` messages, default 2) fills and ZeroMQ silently drops further frames *for that
 subscriber only*; the others and the pipeline are unaffected. Subscribers see the drops as gaps in
 ``frame_id`` (their ``missed`` count). The publisher also reads subscription events, so it knows when
-someone listens (``wait_for_subscribers``) and skips encoding while no one does.
+someone listens (``wait_for_subscribers``) and serialises nothing while no one does (the overlay JPEG is made
+upstream, once per frame for every output).
 
 ``LosslessSender`` (PUSH) is for replay: ``send`` blocks while its one consumer is busy or not yet
 connected, pacing the replay to the recorder, so every frame arrives exactly once.

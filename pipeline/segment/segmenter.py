@@ -64,6 +64,8 @@ class BoneSegmenter:
 
     def __init__(self, reference: Reference, backend: Backend, weights: WeightsIdentity) -> None:
         reference.check_weights(weights.label)
+        if getattr(backend, "outputs", "fused") != "fused":
+            raise ValueError(f"a segmenter needs a fused engine (mask and margin), not a {backend.outputs!r} one")
         self.reference = reference
         self.geometry = reference.geometry
         self.backend = backend
@@ -115,6 +117,8 @@ class BoneSegmenter:
         """Label ``frames``: uint8 images as captured (gray or RGB, frame size of the reference), or a B x H x W uint8
         gray tensor already on the segmenter's device. ``overlay`` also draws the overlay; ``tensors`` returns
         device tensors (copies, safe to keep) instead of numpy arrays. ``names`` label frames in errors."""
+        if len(frames) == 0:
+            return []
         start = time.perf_counter()
         planes, gray = self._host_inputs(frames, names, overlay)
         prepare_ms = (time.perf_counter() - start) * 1e3 / max(1, len(planes))
@@ -161,7 +165,8 @@ class BoneSegmenter:
         rendered = self.render_both(self.patches, self.frames) if overlay else self.render_mask(self.patches)
         clock.mark(3)
         if tensors:
-            results = [t[:n].clone() for t in (flags, margin, *rendered)]
+            with torch.inference_mode(False):  # ordinary tensors: the caller may write to them or track gradients
+                results = [t[:n].clone() for t in (flags, margin, *rendered)]
         else:
             results = [self.mirror.start(i, t) for i, t in enumerate((flags, margin, *rendered))]
         clock.mark(4)
