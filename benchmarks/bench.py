@@ -42,6 +42,7 @@ from pipeline.infer.select import BACKENDS, BackendSpec, make_backend
 from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
+from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
 
 ORIGINAL_STRIDE = 4  # the original co-segmentation's overlapping-patch extractor
 
@@ -264,18 +265,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", type=_csv(str), help=f"comma list of {','.join(BACKENDS)}")
     p.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,bf16,int8 (GPU default fp32,fp16,bf16; CPU fp32,int8)")
     p.add_argument("--batch-sizes", dest="batches", type=_csv(int), help="comma list, e.g. 1,8,32")
-    p.add_argument("--frames", type=int, help="frames per configuration (GPU default 1000, CPU 20)")
-    p.add_argument("--warmup", type=int, help="warm-up batches per configuration (GPU 10, CPU 1)")
-    p.add_argument("--turn", type=int, help="frames per configuration per turn (configurations alternate)")
+    p.add_argument("--frames", type=POSITIVE_INT, help="frames per configuration (GPU default 1000, CPU 20)")
+    p.add_argument("--warmup", type=COUNT, help="warm-up batches per configuration (GPU 10, CPU 1)")
+    p.add_argument("--turn", type=POSITIVE_INT, help="frames per configuration per turn (configurations alternate)")
     p.add_argument("--input-size", type=_input_size, help="model input HxW (default 224x224), or 'clip' for the clip's own geometry")
     p.add_argument("--resampling", choices=RESAMPLING, help="lanczos (host, default) or a device resampling such as bilinear-aa")
     p.add_argument("--stride", type=int, choices=(8, 4))
     p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
     p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")
-    p.add_argument("--baseline-frames", type=int, help="frames for the original method's cost (stride 4), 0 to skip")
-    p.add_argument("--streams", type=int, help="paced streams on the fastest configuration (GPU default 16, CPU 0)")
-    p.add_argument("--stream-fps", type=float)
-    p.add_argument("--stream-seconds", type=float)
+    p.add_argument("--baseline-frames", type=COUNT, help="frames for the original method's cost (stride 4), 0 to skip")
+    p.add_argument("--streams", type=COUNT, help="paced streams on the fastest configuration (GPU default 16, CPU 0)")
+    p.add_argument("--stream-fps", type=POSITIVE)
+    p.add_argument("--stream-seconds", type=POSITIVE)
     p.add_argument("--clip", type=Path, help=f"video to decode frames from (default {SWEEP_CLIP}; the phantom when absent)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")
     p.add_argument("--tag", help="file name stem of the results (default bench)")

@@ -39,6 +39,7 @@ from pipeline.publish.publisher import Publisher
 from pipeline.publish.subscriber import Subscriber
 from pipeline.run import Pipeline, RunConfig
 from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.commands.numbers import POSITIVE
 
 
 
@@ -155,9 +156,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--minutes", type=POSITIVE, default=30.0)
+    p.add_argument("--fps", type=POSITIVE, default=30.0)
+    p.add_argument("--sample-s", type=POSITIVE, default=5.0)
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>/)")
     args = p.parse_args(argv)
     args.out = args.out or RESULTS / device_slug(device_info("cpu"))

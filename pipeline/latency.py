@@ -114,7 +114,8 @@ def plot_cdf(log: LatencyLog, path: Path, *, skip: int = 10, title: str = "") ->
     ax.set_ylabel("fraction of frames")
     ax.set_ylim(0, 1.01)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run that published nothing has no curve to name
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or f"bonestream latency CDF ({measured.stop - measured.start} frames)", fontsize=10)
     buf = io.BytesIO()
     fig.tight_layout()

@@ -86,6 +86,7 @@ class RunSummary:
     gaps: list[tuple[float, float]] = field(default_factory=list)
     latency: LatencyLog = field(default_factory=LatencyLog)  # per published frame: stage stamps, model time
     interrupted: bool = False
+    refused: str | None = None  # the source's first frame was refused (e.g. another size): the run stopped there
     wall_s: float = 0.0
 
     def lines(self) -> list[str]:
@@ -116,6 +117,7 @@ class RunSummary:
             "reconnects": self.reconnects,
             "gaps_s": [[a, b] for a, b in self.gaps],
             "interrupted": self.interrupted,
+            "refused": self.refused,
             "wall_s": self.wall_s,
         }
 
@@ -132,6 +134,7 @@ class Pipeline:
         self.on_result = on_result
         self._stop = threading.Event()
         self._abort = threading.Event()  # a second stop: nothing waits any longer
+        self._labelled_any = False
         drop = self.live
         self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
         self.to_encode = Handoff("encode", config.queue_size, drop, _frame_id)
@@ -154,7 +157,7 @@ class Pipeline:
         if self._stop.is_set():
             self._abort.set()
         self._stop.set()
-        self.summary.interrupted = True
+        self.summary.interrupted = self.summary.refused is None
         if self.live:
             self.source.close()
 
@@ -201,10 +204,15 @@ class Pipeline:
         name = self.source.name
         try:
             preds = self.segmenter.predict([f.image for f in batch], [f"{name} frame {f.id}" for f in batch], overlay=self.overlay, tensors=self.on_device)
+            self._labelled_any = True
             return list(zip(batch, preds))
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], "preprocess" if isinstance(exc, FrameError) else "inference", exc)
+                if isinstance(exc, FrameError) and not self._labelled_any:
+                    # nothing of this source has fitted the reference: every next frame would fail the same way
+                    self.summary.refused = str(exc)
+                    self.stop()
                 return []
         return [pair for frame in batch for pair in self._predict([frame])]
 

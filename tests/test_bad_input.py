@@ -158,3 +158,40 @@ def test_port_in_use(capsys, phantom_ref, tmp_path: Path) -> None:
 def test_non_loopback_needs_encryption_or_insecure(capsys, phantom_ref, tmp_path: Path) -> None:
     images, ref = phantom_ref
     fails(capsys, _run(images, ref, tmp_path, "--publish", "tcp://0.0.0.0:0"), "0.0.0.0", "--insecure")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "x.mp4", "--reference", "r.json", "--fps", "0"], "--fps: 0 is out of range: must be > 0"),
+        (["run", "x.mp4", "--reference", "r.json", "--pace", "-3"], "--pace: '-3': realtime, max or frames per second"),
+        (["run", "x.mp4", "--reference", "r.json", "--queue-size", "0"], "--queue-size: 0 is out of range: must be >= 1"),
+        (["run", "x.mp4", "--reference", "r.json", "--batch-size", "two"], "--batch-size: 'two' is not an integer"),
+        (["run", "x.mp4", "--reference", "r.json", "--wait-timeout", "nan"], "--wait-timeout: nan is out of range"),
+        (["calibrate", "x.mp4", "--out", "r.json", "--votes", "1.5"], "--votes: 1.5 is out of range: must be > 0 and <= 1"),
+        (["calibrate", "x.mp4", "--out", "r.json", "--count", "0"], "--count: 0 is out of range"),
+        (["segment", "x.mp4", "--reference", "r.json", "--out", "o", "--batch-size", "-1"], "--batch-size: -1 is out of range"),
+        (["record", "tcp://127.0.0.1:5555", "--out", "o", "--fps", "inf"], "--fps: inf is out of range"),
+        (["bench", "--frames", "0"], "--frames: 0 is out of range"),
+    ],
+)
+def test_numbers_are_checked_at_parse_time(capsys, args: list[str], needle: str) -> None:
+    """Before any file is opened or model loaded: the sources and references named here do not even exist."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_a_source_that_never_fits_the_reference_stops_at_its_first_frame(capsys, phantom_ref, tmp_path: Path) -> None:
+    _, ref = phantom_ref
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), np.full((50, 60), 90, np.uint8))  # not the calibrated size
+    report = tmp_path / "report"
+    err = fails(capsys, ["run", str(folder), "--reference", str(ref), "--weights", "random:0", "--no-publish", "--report", str(report), "--no-progress"],
+                "differs from the calibrated", "stopped at the source's first frame")
+    summary = json.loads((report / "run_summary.json").read_text())
+    assert summary["refused"] and summary["read"] < 10 and len(summary["failed"]) <= summary["read"]  # not 40 failures
+    assert err.count("error") == 1

@@ -403,13 +403,14 @@ def timed(source) -> tuple[list, float]:
 
 
 def test_pacing_realtime_fixed_and_max(tmp_path):
-    dcm = write_dicom(tmp_path / "fifty.dcm", smooth_frames(10), FrameTime=20)  # 50 fps, 9 intervals: 0.18 s
+    dcm = write_dicom(tmp_path / "twenty.dcm", smooth_frames(10), FrameTime=50)  # 20 fps, 9 intervals: 0.45 s
     frames, realtime = timed(PacedSource(DicomSource(dcm), "realtime"))
-    assert 0.15 <= realtime <= 0.5 and [f.id for f in frames] == list(range(10))
+    # pacing only ever waits: lower bounds are exact, upper bounds are generous for a loaded 2-core machine
+    assert 0.44 <= realtime <= 5.0 and [f.id for f in frames] == list(range(10))
     release = [f.capture_ns for f in frames]
-    assert all((b - a) / 1e9 >= 0.015 for a, b in zip(release, release[1:]))  # stamped after each sleep
+    assert all((b - a) / 1e9 >= 0.045 for a, b in zip(release, release[1:]))  # stamped after each sleep
     _, fixed = timed(PacedSource(DicomSource(dcm), 100.0))
-    assert 0.08 <= fixed <= 0.4
+    assert 0.089 <= fixed <= 5.0
     _, fastest = timed(PacedSource(DicomSource(dcm), "max"))
     assert fastest < realtime / 2
     source = DicomSource(dcm)
@@ -446,3 +447,26 @@ def test_pacing_refuses_bad_pace_and_live_sources():
         PacedSource(open_source("phantom:2"), "slow")
     with pytest.raises(SourceError, match="pacing is for replay"):
         PacedSource(open_source("phantom:2", live=True), "realtime")
+
+
+def test_video_whose_audio_outlasts_it_is_read_to_its_end(tmp_path):
+    """The container's duration is the audio's (3 s): the 1 s of video is complete, not a truncated file."""
+    path = tmp_path / "with_audio.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=8000)
+        for i in range(10):
+            for packet in video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for k in range(8000 * 3 // 1024):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 8000, k * 1024
+            for packet in audio.encode(samples):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    frames = list(VideoSource(path))
+    assert [f.id for f in frames] == list(range(10)) and frames[0].image.shape == (48, 64)

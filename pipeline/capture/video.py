@@ -31,8 +31,14 @@ class VideoSource(Source):
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else None
             self.size = (stream.codec_context.height, stream.codec_context.width)
-            duration_s = container.duration / av.time_base if container.duration else None
-            # Frames the header promises: its count, else duration x rate (containers such as MKV hold no count).
+            # Frames the header promises: its count, else the video stream's duration x rate (containers such as MKV
+            # hold no count). The container's duration is the longest stream's: an audio track may outlast the video.
+            if stream.duration is not None and stream.time_base is not None:
+                duration_s = float(stream.duration * stream.time_base)
+            elif len(container.streams) == 1 and container.duration:
+                duration_s = container.duration / av.time_base
+            else:
+                duration_s = None
             self._expected = self._count or (round(duration_s * self.fps) if duration_s and self.fps else None)
 
     def _open(self) -> av.container.InputContainer:

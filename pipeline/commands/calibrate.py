@@ -11,11 +11,12 @@ from models.loader import load_model
 from models.preprocess import RESAMPLING, parse_size
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.offline import GeometryOptions, calibrate_sources
+from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
 
 
 def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", default="auto", help="imaging area: auto (drop black margins), full, or top,left,height,width")
-    p.add_argument("--short-side", type=int, default=224, help="model input short side, aspect of the ROI kept (default 224)")
+    p.add_argument("--short-side", type=number(int, 8), default=224, help="model input short side, aspect of the ROI kept (default 224)")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW", help="exact model input size instead")
     p.add_argument("--stride", type=int, choices=(8, 4), default=8, help="patch stride: 8, or 4 (overlapping, as the original)")
     p.add_argument(
@@ -29,13 +30,13 @@ def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, globs, videos or phantom[:N]")
     p.add_argument("--out", required=True, help="reference file to write (JSON)")
-    p.add_argument("--count", type=int, default=None, help="frames evenly spread over each source (default: all images, 10 per video)")
+    p.add_argument("--count", type=POSITIVE_INT, default=None, help="frames evenly spread over each source (default: all images, 10 per video)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="study", help="study: tau 0.2 >=, 65%%, all heads; original: 0.065 >, 75%%, heads 0,2,4,5, low-res saliency")
-    p.add_argument("--k", type=int, default=None, help="fixed number of clusters (default: elbow rule)")
-    p.add_argument("--tau", type=float, default=None, help="saliency threshold (overrides the preset)")
-    p.add_argument("--votes", type=float, default=None, help="fraction of frames that must vote (overrides the preset)")
+    p.add_argument("--k", type=number(int, 1, 64), default=None, help="fixed number of clusters (default: elbow rule)")
+    p.add_argument("--tau", type=number(float, 0, 1), default=None, help="saliency threshold (overrides the preset)")
+    p.add_argument("--votes", type=FRACTION, default=None, help="fraction of frames that must vote (overrides the preset)")
     p.add_argument("--heads", default=None, help="attention heads for saliency: all, or e.g. 0,2,4,5")
-    p.add_argument("--sample-interval", type=int, default=100, help="every n-th descriptor of a frame trains k-means (default 100)")
+    p.add_argument("--sample-interval", type=POSITIVE_INT, default=100, help="every n-th descriptor of a frame trains k-means (default 100)")
     add_geometry_arguments(p)
     add_model_arguments(p)
 

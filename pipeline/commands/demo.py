@@ -16,13 +16,14 @@ from pipeline.commands.common import announce_weights
 from pipeline.evaluate import evaluate_dirs, write_report
 from pipeline.offline import GeometryOptions, calibrate_sources, segment_sources
 from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.commands.numbers import POSITIVE_INT, number
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bonestream-demo"), help="output folder (default ./bonestream-demo)")
-    p.add_argument("--frames", type=int, default=60, help="phantom frames to segment (default 60)")
-    p.add_argument("--count", type=int, default=8, help="reference frames for calibration (default 8)")
-    p.add_argument("--short-side", type=int, default=160, help="model input short side (default 160; 224 is the study's)")
+    p.add_argument("--frames", type=POSITIVE_INT, default=60, help="phantom frames to segment (default 60)")
+    p.add_argument("--count", type=POSITIVE_INT, default=8, help="reference frames for calibration (default 8)")
+    p.add_argument("--short-side", type=number(int, 8), default=160, help="model input short side (default 160; 224 is the study's)")
     p.add_argument("--weights", default=None, metavar="SPEC", help="weights spec as for calibrate (default: official if obtainable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")

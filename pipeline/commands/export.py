@@ -24,6 +24,7 @@ from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
 from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
+from pipeline.commands.numbers import POSITIVE_INT, number
 
 ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
 
@@ -31,10 +32,10 @@ ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--back
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="the images, folders or videos the reference was calibrated on")
     p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
-    p.add_argument("--batch-size", type=int, default=1, help="static batch size of the engines (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="static batch size of the engines (default 1)")
     p.add_argument("--cache-dir", default=None, help="engine cache folder (default: the user cache's engines/)")
-    p.add_argument("--min-cosine", type=float, default=ParityThresholds.key_cosine, help="parity: mean key cosine (default 0.99)")
-    p.add_argument("--min-agreement", type=float, default=ParityThresholds.agreement, help="parity: label and mask agreement (default 0.99)")
+    p.add_argument("--min-cosine", type=number(float, -1, 2), default=ParityThresholds.key_cosine, help="parity: mean key cosine (default 0.99)")
+    p.add_argument("--min-agreement", type=number(float, 0, 2), default=ParityThresholds.agreement, help="parity: label and mask agreement (default 0.99)")
     add_model_arguments(p)
     p.set_defaults(backend="auto")  # export every engine backend that runs on the device unless one is named
 

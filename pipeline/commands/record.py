@@ -16,6 +16,7 @@ from typing import Iterator
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.recorder import Recorder, RecordError
 from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
+from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -28,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ADDR is the pipeline's lossless PUSH endpoint: get every frame, pacing a replay (one recorder per endpoint)",
     )
     p.add_argument("--stream", metavar="ID", help="record only this stream_id (default: every stream)")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s without a frame (default: wait)")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate written into the video (default 30)")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--timeout", type=POSITIVE, default=None, metavar="S", help="stop after S s without a frame (default: wait)")
+    p.add_argument("--fps", type=POSITIVE, default=30.0, help="frame rate written into the video (default 30)")
     add_client_arguments(p)
 
 

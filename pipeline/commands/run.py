@@ -11,6 +11,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from models.errors import BonestreamError
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
@@ -21,15 +22,16 @@ from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, 
 from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
 from pipeline.publish.recorder import Recorder
 from pipeline.run import Pipeline, RunConfig
+from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
 
 
 def _pace(text: str) -> str | float:
     if text in ("realtime", "max"):
         return text
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--pace {text!r}: realtime, max or frames per second") from None
+        return POSITIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: realtime, max or frames per second (> 0)") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-id", default="us", help="stream name in topics and headers (default us)")
     p.add_argument("--overlay", choices=("jpeg", "raw", "none"), default="jpeg", help="overlay image in messages (default jpeg)")
     p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
-    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N", help="wait for N subscribers before the first frame")
+    p.add_argument("--wait-subscribers", type=COUNT, default=0, metavar="N", help="wait for N subscribers before the first frame")
     p.add_argument(
-        "--wait-timeout", type=float, default=30.0,
+        "--wait-timeout", type=POSITIVE, default=30.0,
         help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
     )
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
@@ -52,9 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
     mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
-    p.add_argument("--fps", type=float, default=20.0, help="frame rate of image folders and the phantom (default 20)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--queue-size", type=int, default=2, help="frames held between stages (default 2)")
+    p.add_argument("--fps", type=POSITIVE, default=20.0, help="frame rate of image folders and the phantom (default 20)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
+    p.add_argument("--queue-size", type=POSITIVE_INT, default=2, help="frames held between stages (default 2)")
     p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")
     add_server_arguments(p)
     add_model_arguments(p)
@@ -125,6 +127,8 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
         title += " (RANDOM WEIGHTS)"
     json_path, png_path = write_latency_report(report, summary.latency, args.report, title=title)
     write_json_atomic(args.report / "run_summary.json", summary.to_dict())
+    if summary.refused:
+        raise BonestreamError(f"{summary.refused} (the run stopped at the source's first frame)")
     for line in summary.lines():
         print(line)
     if summary.failed:

@@ -6,13 +6,14 @@ import argparse
 
 from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
 from pipeline.offline import segment_sources
+from pipeline.commands.numbers import POSITIVE_INT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, globs, videos or phantom[:N]")
     p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
     p.add_argument("--out", required=True, help="output folder: masks/, overlays, summary.json")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="masks and summary only")
     add_model_arguments(p)
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.subscriber import Subscriber
 from pipeline.publish.viewer import show, snapshot
+from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("address", metavar="ADDR", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--stream", metavar="ID", help="show only this stream_id (default: every stream)")
     p.add_argument("--headless-snapshot", type=Path, metavar="PNG", help="no window: write the last of --max-frames frames, annotated, to PNG")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames (snapshot default 1)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="snapshot: give up after S s without a frame (default 10)")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="stop after N frames (snapshot default 1)")
+    p.add_argument("--timeout", type=POSITIVE, default=10.0, metavar="S", help="snapshot: give up after S s without a frame (default 10)")
     add_client_arguments(p)
 
 

@@ -1,0 +1,31 @@
+"""Argument types that check numbers at parse time, so a bad value is one line before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float), finite, >= ``minimum`` (> with ``above``), <= ``maximum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        low_ok = value > minimum if above else value >= minimum
+        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+            bound = f"{'>' if above else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+POSITIVE_INT = number(int, 1)
+COUNT = number(int, 0)  # 0 allowed (none, or off)
+POSITIVE = number(float, 0, above=True)
+FRACTION = number(float, 0, 1, above=True)
