@@ -34,6 +34,7 @@ from models.loader import load_model
 from models.preprocess import RESAMPLING, Geometry, detect_roi, parse_size
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
+from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
@@ -42,7 +43,6 @@ from pipeline.infer.select import BACKENDS, BackendSpec, make_backend
 from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
-from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
 
 ORIGINAL_STRIDE = 4  # the original co-segmentation's overlapping-patch extractor
 

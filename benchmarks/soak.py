@@ -31,6 +31,7 @@ from models.preprocess import Geometry
 from pipeline.capture.pacing import paced
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
+from pipeline.commands.numbers import POSITIVE
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.deployment import Deployment
 from pipeline.publish.files import write_bytes_atomic, write_json_atomic
@@ -39,7 +40,6 @@ from pipeline.publish.publisher import Publisher
 from pipeline.publish.subscriber import Subscriber
 from pipeline.run import Pipeline, RunConfig
 from pipeline.segment.segmenter import BoneSegmenter
-from pipeline.commands.numbers import POSITIVE
 
 
 

@@ -19,6 +19,7 @@ import torch
 from calibration.labelling import PatchLabeller
 from models.errors import BonestreamError
 from models.preprocess import Geometry
+from models.weights import EMBED_DIM, PATCH
 from pipeline.publish.files import write_json_atomic
 
 FORMAT = "bonestream-reference"
@@ -113,7 +114,11 @@ class Reference:
         if doc.get("version") != VERSION:
             raise ReferenceError(f"{path}: reference format version {doc.get('version')!r}, this bonestream reads version {VERSION}; recalibrate")
         payload = doc.get("payload")
-        if not isinstance(payload, dict) or hashlib.sha256(_canonical(payload)).hexdigest() != doc.get("sha256"):
+        try:
+            digest = hashlib.sha256(_canonical(payload)).hexdigest() if isinstance(payload, dict) else None
+        except ValueError:  # JSON read 1e999 as inf, which no reference holds
+            raise ReferenceError(f"{path}: the payload holds a non-finite number; the file is damaged or was edited") from None
+        if digest is None or digest != doc.get("sha256"):
             raise ReferenceError(f"{path}: integrity check failed (sha256 of the payload does not match); the file is damaged or was edited")
         try:
             centroids = np.asarray(payload["centroids"], dtype=np.float32)
@@ -135,9 +140,34 @@ class Reference:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceError(f"{path}: reference payload is malformed ({exc.__class__.__name__}: {exc})") from None
-        if centroids.ndim != 2 or any(not 0 <= c < ref.k for c in ref.foreground):
-            raise ReferenceError(f"{path}: centroids {centroids.shape} and foreground ids {ref.foreground} are inconsistent")
+        problem = ref.problem()
+        if problem:
+            raise ReferenceError(f"{path}: {problem}")
         return ref
+
+    def problem(self) -> str | None:
+        """The first field that makes this reference unusable, named, or None. Checked on load, before any model
+        work: a hand-edited or foreign file must fail here, not as a shape error deep in an engine."""
+        k = self.centroids.shape[0] if self.centroids.ndim == 2 else 0
+        g = self.geometry
+        grid = (len(self.frames), *g.grid)
+        checks = (
+            (len(g.mean) == len(g.std) == 3 and all(math.isfinite(v) for v in (*g.mean, *g.std)) and min(g.std) > 0,
+             f"field 'geometry.std' {list(g.std)} / 'geometry.mean' {list(g.mean)}: three finite values each, std > 0"),
+            (g.patch == PATCH, f"field 'geometry.patch' is {g.patch}, the model's patch is {PATCH}"),
+            (self.centroids.ndim == 2 and self.centroids.shape[1] == EMBED_DIM and k >= 1,
+             f"field 'centroids' has shape {self.centroids.shape}, expected k x {EMBED_DIM} (ViT-S/8 key dimension)"),
+            (bool(np.isfinite(self.centroids).all()), "field 'centroids' holds a non-finite number"),
+            (all(0 <= c < k for c in self.foreground) and len(set(self.foreground)) == len(self.foreground),
+             f"field 'foreground' {list(self.foreground)} is not a set of cluster ids below k = {k}"),
+            (len(self.votes) == k and len(self.cluster_sizes) == k and len(self.distance_stats) == k,
+             f"fields 'votes', 'cluster_sizes', 'distance_stats' must have one entry per cluster (k = {k})"),
+            (self.mean_saliency.shape == (len(self.frames), k), f"field 'mean_saliency' has shape {self.mean_saliency.shape}, expected {(len(self.frames), k)}"),
+            (len(set(self.frames)) == len(self.frames) and len(self.frames) >= 1, "field 'frames' must name at least one frame, each once"),
+            (self.calibration_labels.shape == grid and self.calibration_labels.size > 0 and 0 <= self.calibration_labels.min() and self.calibration_labels.max() < k,
+             f"field 'calibration_labels' has shape {self.calibration_labels.shape}, expected {grid} with ids below k = {k}"),
+        )
+        return next((message for ok, message in checks if not ok), None)
 
     def check_weights(self, weights_label: str, where: str = "reference") -> None:
         """Keys from other weights live in another space: refuse to label them with these centroids."""

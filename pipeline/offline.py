@@ -17,8 +17,8 @@ from models.preprocess import Geometry, parse_roi
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame, Source
-from pipeline.capture.open import open_sources, sample_frames
 from pipeline.capture.images import ImageSource
+from pipeline.capture.open import open_sources, sample_frames
 from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
 from pipeline.segment.segmenter import STAGES as FRAME_STAGES
 from pipeline.segment.segmenter import BoneSegmenter

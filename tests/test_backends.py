@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from benchmarks import bench
+from models.preprocess import Geometry
 from pipeline.infer import select
 from pipeline.infer.backend import BackendUnavailable, TorchBackend
 from pipeline.infer.cache import EngineCache, EngineKey
 from pipeline.infer.deployment import Deployment
-from models.preprocess import Geometry
 from pipeline.infer.select import BackendSpec, make_backend, select_backend
 
 SIZE = (32, 40)

@@ -195,3 +195,19 @@ def test_a_source_that_never_fits_the_reference_stops_at_its_first_frame(capsys,
     summary = json.loads((report / "run_summary.json").read_text())
     assert summary["refused"] and summary["read"] < 10 and len(summary["failed"]) <= summary["read"]  # not 40 failures
     assert err.count("error") == 1
+
+
+def test_output_paths_are_checked_before_the_model_loads(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    recording = tmp_path / "rec"
+    recording.mkdir()
+    (recording / "index.jsonl").write_text("")
+    run = ["run", str(images), "--reference", str(ref), "--weights", "random:0", "--no-publish", "--no-progress"]
+    fails(capsys, [*run, "--record", str(recording)], "--record", "already holds a recording")
+    fails(capsys, [*run, "--masks", str(a_file)], "--masks", "is not a folder")
+    fails(capsys, [*run, "--report", str(a_file / "sub")], "--report", "is not writable")
+    fails(capsys, ["calibrate", str(images), "--out", str(tmp_path), *SMALL], "--out", "is a folder")
+    fails(capsys, ["segment", str(images), "--reference", str(ref), "--out", str(a_file), "--weights", "random:0"], "--out", "is not a folder")
+    fails(capsys, ["record", "tcp://127.0.0.1:9", "--out", str(recording), "--max-frames", "1"], "--out", "already holds a recording")

@@ -13,6 +13,7 @@ import torch
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.clustering import KMeansSettings
 from calibration.reference import Reference
+from models.encoder import Fp32LayerNorm
 from models.preprocess import Geometry
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
@@ -21,7 +22,6 @@ from pipeline.infer.backend import BackendUnavailable, TorchBackend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.export import OPSET, cached_onnx
-from models.encoder import Fp32LayerNorm
 from pipeline.infer.graph import OUTPUT_NAMES, engine_module
 from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
 from pipeline.infer.select import BackendSpec, make_backend, select_backend

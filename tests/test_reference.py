@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from calibration.calibrate import calibrate
-from calibration.clustering import KMeansSettings
 from calibration.calibrate import CalibrationSettings
+from calibration.clustering import KMeansSettings
 from calibration.reference import Reference, ReferenceError
 from models.errors import FrameError
 from models.preprocess import Geometry
@@ -86,3 +86,43 @@ def test_frames_of_another_geometry_are_refused(reference: Reference) -> None:
     seg = BoneSegmenter.create(reference, "random:0", progress=False)
     with pytest.raises(FrameError, match="clip frame 3: size 100x80"):
         seg.predict([np.zeros((80, 100), np.uint8)], ["clip frame 3"])
+
+
+def _resigned(path: Path, doc: dict) -> None:
+    """An edited file with a valid checksum: what a careless tool (or person) might write."""
+    import hashlib
+
+    from calibration.reference import _canonical
+
+    doc["sha256"] = hashlib.sha256(_canonical(doc["payload"])).hexdigest()
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda p: p.update(centroids=[row[:383] for row in p["centroids"]]), "field 'centroids' has shape"),
+        (lambda p: p.update(foreground=[99]), "field 'foreground' [99]"),
+        (lambda p: p.update(foreground=[0, 0]), "field 'foreground' [0, 0]"),
+        (lambda p: p["geometry"].update(std=[0.0, 0.224, 0.225]), "std > 0"),
+        (lambda p: p.update(calibration_labels=p["calibration_labels"][:2]), "field 'calibration_labels' has shape"),
+        (lambda p: p.update(votes=p["votes"][:-1]), "one entry per cluster"),
+        (lambda p: p["geometry"].update(patch=16), "field 'geometry.patch' is 16"),
+    ],
+)
+def test_every_field_is_validated_on_load(reference: Reference, tmp_path: Path, edit, needle: str) -> None:
+    path, doc = _saved(reference, tmp_path)
+    edit(doc["payload"])
+    _resigned(path, doc)
+    with pytest.raises(ReferenceError, match=None) as error:
+        Reference.load(path)
+    assert needle in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_non_finite_number_is_a_clear_error(reference: Reference, tmp_path: Path) -> None:
+    path, _ = _saved(reference, tmp_path)
+    text = path.read_text()
+    first = json.loads(text)["payload"]["centroids"][0][0]
+    path.write_text(text.replace(repr(first), "1e999", 1))  # JSON reads it as inf
+    with pytest.raises(ReferenceError, match="non-finite"):
+        Reference.load(path)

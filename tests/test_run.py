@@ -14,9 +14,9 @@ import pytest
 from pipeline.capture.frame import Frame, Source, now_ns
 from pipeline.capture.phantom import Phantom, PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
+from pipeline.handoff import Handoff
 from pipeline.latency import LatencyLog, latency_report, write_latency_report
 from pipeline.publish.outputs import MaskFiles
-from pipeline.handoff import Handoff
 from pipeline.run import Pipeline, Result, RunConfig
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from calibration.calibrate import PRESETS, CalibrationSettings
 from calibration.clustering import KMeansSettings
@@ -10,8 +11,9 @@ from calibration.voting import VoteSettings
 from models.loader import load_model
 from models.preprocess import RESAMPLING, parse_size
 from pipeline.commands.common import add_model_arguments, announce_weights
-from pipeline.offline import GeometryOptions, calibrate_sources
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
+from pipeline.commands.paths import check_output_file
+from pipeline.offline import GeometryOptions, calibrate_sources
 
 
 def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +60,7 @@ def geometry_from(args: argparse.Namespace) -> GeometryOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(Path(args.out), "--out")
     model, identity = load_model(args.weights, progress=args.progress)
     announce_weights(identity.label, identity.warning)
     ref = calibrate_sources(

@@ -13,10 +13,10 @@ from models.loader import load_model
 from models.weights import WeightsUnavailable
 from pipeline.capture.phantom import PhantomConfig, write_phantom
 from pipeline.commands.common import announce_weights
+from pipeline.commands.numbers import POSITIVE_INT, number
 from pipeline.evaluate import evaluate_dirs, write_report
 from pipeline.offline import GeometryOptions, calibrate_sources, segment_sources
 from pipeline.segment.segmenter import BoneSegmenter
-from pipeline.commands.numbers import POSITIVE_INT, number
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

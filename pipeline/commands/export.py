@@ -19,12 +19,12 @@ from models.errors import BonestreamError
 from models.loader import load_model
 from pipeline.capture.open import open_sources
 from pipeline.commands.common import add_model_arguments, announce_weights, weights_for
+from pipeline.commands.numbers import POSITIVE_INT, number
 from pipeline.infer.backend import BackendUnavailable
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
 from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
-from pipeline.commands.numbers import POSITIVE_INT, number
 
 ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
 

@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
+from pipeline.commands.paths import check_new_recording
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.recorder import Recorder, RecordError
 from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
-from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -48,6 +49,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_new_recording(Path(args.out), "--out")
     receiver = LosslessReceiver if args.lossless else Subscriber
     with (
         _stop_on_signals() as stop,

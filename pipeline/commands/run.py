@@ -15,6 +15,8 @@ from models.errors import BonestreamError
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
+from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
+from pipeline.commands.paths import check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
 from pipeline.publish.files import write_json_atomic
@@ -22,7 +24,6 @@ from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, 
 from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
 from pipeline.publish.recorder import Recorder
 from pipeline.run import Pipeline, RunConfig
-from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
 
 
 def _pace(text: str) -> str | float:
@@ -70,6 +71,9 @@ def _open(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    check_new_recording(args.record, "--record")
+    check_output_dir(args.masks, "--masks")
+    check_output_dir(args.report, "--report")
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)
     source = _open(args)

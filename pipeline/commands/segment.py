@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
-from pipeline.offline import segment_sources
 from pipeline.commands.numbers import POSITIVE_INT
+from pipeline.commands.paths import check_output_dir
+from pipeline.offline import segment_sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(Path(args.out), "--out")
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)
     summary = segment_sources(seg, args.sources, args.out, batch_size=args.batch_size, overlay=args.overlay, progress=args.progress)

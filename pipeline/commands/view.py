@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.subscriber import Subscriber
 from pipeline.publish.viewer import show, snapshot
-from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
