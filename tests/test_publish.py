@@ -247,3 +247,20 @@ def test_curve_command_line_flags(keys):
     assert server_from_args(none) is None and client_from_args(none) is None and not none.insecure
     with pytest.raises(CurveError, match="--curve-allow"):
         server_from_args(parser.parse_args(["--curve-secret", str(server_secret)]))
+
+
+def test_counters_stay_sane_when_frame_ids_jump():
+    from pipeline.publish.subscriber import MAX_STREAMS
+
+    with Publisher(LOCAL, sndhwm=2000) as pub, Subscriber(pub.address, rcvhwm=2000) as sub:
+        assert pub.wait_for_subscribers(1)
+        for frame_id in (0, 1, 5, 10**12, 3):  # a gap of 3, a jump of 10^12 (new sequence), a restart
+            pub.send(make_message(frame_id))
+        got = [sub.recv(timeout=5).frame_id for _ in range(5)]
+        assert got == [0, 1, 5, 10**12, 3]
+        assert sub.missed == 3 and sub.counters()["jumps"] == 2
+        for i in range(MAX_STREAMS + 50):  # a flood of new stream ids: remembered ids stay bounded
+            pub.send(make_message(0, stream_id=f"s{i}"))
+        for _ in range(MAX_STREAMS + 50):
+            assert sub.recv(timeout=5) is not None
+        assert len(sub._last_ids) == MAX_STREAMS and sub.missed == 3

@@ -43,7 +43,8 @@ def test_slow_lossless_recorder_gets_every_frame_exactly_once(tmp_path):
                 time.sleep(0.005)
         feeder.join()
     summary = json.loads((tmp_path / "recording.json").read_text())["streams"]["us"]
-    assert summary == {"frames": 60, "first": 0, "last": 59, "gaps": [], "duplicates": 0, "video": "us_overlay.mp4", "video_frames": 60}
+    assert summary == {"frames": 60, "first": 0, "last": 59, "gaps": [], "duplicates": 0, "video": "us_overlay.mp4", "video_frames": 60,
+                       "video_segments": [{"file": "us_overlay.mp4", "frames": 60}]}
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [h["frame_id"] for h in index] == list(range(60)) and rx.missed == 0
     assert video_frames(tmp_path / "us_overlay.mp4") == 60
@@ -136,3 +137,50 @@ def test_keys_command(tmp_path, capsys):
     assert (tmp_path / "scanner.key").exists() and (tmp_path / "scanner.key_secret").stat().st_mode & 0o777 == 0o600
     assert main(["keys", "--out", str(tmp_path), "--name", "scanner"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+KILLED_RECORDER = """
+import os, signal, sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+from pipeline.publish.recorder import Recorder
+from test_message import make_message
+rec = Recorder(sys.argv[1], fps=20)
+for i in range(12):
+    rec.write(make_message(i, size=(48, 64), overlay="raw"))
+os.kill(os.getpid(), signal.SIGKILL)  # no close(): as a power cut or kill -9 would leave it
+"""
+
+
+def test_a_killed_recording_keeps_every_frame_written(tmp_path: Path) -> None:
+    out = tmp_path / "rec"
+    tests_dir = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", KILLED_RECORDER, str(out), str(tests_dir.parent), str(tests_dir)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [h["frame_id"] for h in index] == list(range(12))  # the index says what is there
+    assert len(list((out / "masks").glob("*.png"))) == 12
+    assert not (out / "us_overlay.mp4").exists() and not (out / "recording.json").exists()  # nothing looks complete
+    partial = next(out.glob(".*_overlay.mp4.partial"))
+    with av.open(str(partial)) as container:  # fragmented at every frame: playable up to the kill
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 11
+
+
+def test_a_size_change_mid_stream_starts_a_new_segment(tmp_path: Path) -> None:
+    with Recorder(tmp_path / "rec") as rec:
+        for i in range(6):
+            rec.write(make_message(i, size=(48, 64) if i < 4 else (32, 40), overlay="raw"))
+    summary = json.loads((tmp_path / "rec" / "recording.json").read_text())["streams"]["us"]
+    assert summary["video_segments"] == [{"file": "us_overlay.mp4", "frames": 4}, {"file": "us_overlay_2.mp4", "frames": 2}]
+    assert video_frames(tmp_path / "rec" / "us_overlay.mp4") == 4 and video_frames(tmp_path / "rec" / "us_overlay_2.mp4") == 2
+    index = [json.loads(line)["recorded"] for line in (tmp_path / "rec" / "index.jsonl").read_text().splitlines()]
+    assert [(r["video"], r["video_frame"]) for r in index] == [("us_overlay.mp4", i) for i in range(4)] + [("us_overlay_2.mp4", i) for i in range(2)]
+
+
+def test_a_flood_of_stream_ids_is_bounded(tmp_path: Path) -> None:
+    from pipeline.publish.recorder import MAX_STREAMS
+
+    with Recorder(tmp_path / "rec") as rec:
+        taken = [rec.write(make_message(0, stream_id=f"s{i}", overlay=None)) for i in range(MAX_STREAMS + 10)]
+    assert taken == [True] * MAX_STREAMS + [False] * 10 and rec.refused == 10
+    assert len(rec.summary()["streams"]) == MAX_STREAMS

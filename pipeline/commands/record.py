@@ -16,7 +16,7 @@ from typing import Iterator
 from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.recorder import Recorder, RecordError
+from pipeline.publish.recorder import MAX_STREAMS, Recorder, RecordError
 from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
 
 POLL_S = 0.2  # how soon a stop signal is noticed
@@ -66,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
                 break
     if rec.frames == 0:
         raise RecordError(f"no frames received from {args.address} ({NO_FRAMES_HINT})")
-    print(f"recorded {rec.frames} frames to {args.out}; {rx.counters()}")
+    refused = f", {rec.refused} frames of streams beyond the first {MAX_STREAMS} refused" if rec.refused else ""
+    print(f"recorded {rec.frames} frames to {args.out}; {rx.counters()}{refused}")
     for stream_id, s in rec.summary()["streams"].items():
-        video = f"{s['video']} ({s['video_frames']} frames)" if s["video"] else "no overlays in this stream: masks only"
+        segments = ", ".join(f"{v['file']} ({v['frames']} frames)" for v in s["video_segments"])
+        video = segments or "no overlays in this stream: masks only"
         print(f"  {stream_id}: ids {s['first']}..{s['last']}, {len(s['gaps'])} gaps, video {video}")
     return 0

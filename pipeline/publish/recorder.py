@@ -3,13 +3,18 @@
 Layout of the output folder::
 
     <stream>_overlay.mp4            H.264 of the overlays in arrival order (absent for a stream sent without
-                                    overlays: such a stream is recorded as masks only)
+                                    overlays: such a stream is recorded as masks only); when the frame size changes
+                                    mid-stream the video goes on in a new segment, <stream>_overlay_2.mp4, ...
     masks/<stream>_<frame_id>.png   the mask of every frame (6-digit id)
     index.jsonl                     one line per frame as it arrived: its header plus "recorded"
-                                    {mask, video_frame, received_ns}; written as frames come, so it survives a crash
-    recording.json                  written on close: per stream frame count, first/last id, gaps, duplicates
+                                    {mask, video, video_frame, received_ns}; written as frames come, so it survives
+                                    a crash
+    recording.json                  written on close: per stream frame count, first/last id, gaps, duplicates,
+                                    video segments
 
-Close (or leave the ``with`` block) on every exit path: the video only appears, playable, on close.
+Close (or leave the ``with`` block) on every exit path: a video appears under its name, complete, on close. Until
+then it is ``.<name>.partial``, fragmented at every frame: after a kill or a full disk it still plays every frame
+the index lists with a ``video_frame``.
 """
 
 from __future__ import annotations
@@ -25,14 +30,22 @@ from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_ato
 from pipeline.publish.message import FrameMessage
 
 
+MAX_STREAMS = 64  # streams one recording takes; frames of further streams are refused and counted
+
+
 class RecordError(BonestreamError):
-    """An output folder that already holds a recording, or a stream the video cannot take (size change)."""
+    """An output folder that already holds a recording, or a frame the recording cannot take."""
 
 
 @dataclass
 class _StreamLog:
     frame_ids: list[int] = field(default_factory=list)
-    video: VideoWriter | None = None
+    videos: list[VideoWriter] = field(default_factory=list)  # segments in order; the last one is being written
+    video_size: tuple[int, ...] | None = None
+
+    @property
+    def video(self) -> VideoWriter | None:
+        return self.videos[-1] if self.videos else None
 
     def summary(self) -> dict[str, Any]:
         ids = sorted(set(self.frame_ids))
@@ -43,8 +56,9 @@ class _StreamLog:
             "last": ids[-1],
             "gaps": gaps,
             "duplicates": len(self.frame_ids) - len(ids),
-            "video": self.video.path.name if self.video else None,
-            "video_frames": self.video.frames if self.video else 0,
+            "video": self.videos[0].path.name if self.videos else None,
+            "video_frames": sum(v.frames for v in self.videos),
+            "video_segments": [{"file": v.path.name, "frames": v.frames} for v in self.videos],
         }
 
 
@@ -61,28 +75,41 @@ class Recorder:
         self._index = index.open("x", encoding="utf-8")
         self._streams: dict[str, _StreamLog] = {}
         self.frames = 0
+        self.refused = 0  # frames of streams beyond MAX_STREAMS
 
-    def write(self, msg: FrameMessage) -> None:
-        log = self._streams.setdefault(msg.stream_id, _StreamLog())
+    def write(self, msg: FrameMessage) -> bool:
+        """Record ``msg``; False (and counted in ``refused``) for a new stream beyond MAX_STREAMS: a flood of stream
+        ids cannot open files without bound."""
+        log = self._streams.get(msg.stream_id)
+        if log is None:
+            if len(self._streams) >= MAX_STREAMS:
+                self.refused += 1
+                return False
+            log = self._streams[msg.stream_id] = _StreamLog()
         mask_name = f"masks/{msg.stream_id}_{msg.frame_id:06d}.png"
         write_png_atomic(self.out_dir / mask_name, msg.mask)
-        video_frame = None
+        video_name = video_frame = None
         if msg.overlay is not None:
-            if log.video is None:
-                log.video = VideoWriter(self.out_dir / f"{msg.stream_id}_overlay.mp4", self.fps)
+            if log.video is None or msg.overlay.shape != log.video_size:
+                if log.video is not None:  # the frame size changed mid-stream: finish this segment, start the next
+                    log.video.close()
+                suffix = f"_{len(log.videos) + 1}" if log.videos else ""
+                log.videos.append(VideoWriter(self.out_dir / f"{msg.stream_id}_overlay{suffix}.mp4", self.fps))
+                log.video_size = msg.overlay.shape
             try:
                 log.video.write(msg.overlay)
             except ValueError as exc:
                 raise RecordError(f"frame {msg.frame_id} of {msg.stream_id}: {exc}") from None
-            video_frame = log.video.frames - 1
-        recorded = {"mask": mask_name, "video_frame": video_frame, "received_ns": msg.received_ns}
+            video_name, video_frame = log.video.path.name, log.video.frames - 1
+        recorded = {"mask": mask_name, "video": video_name, "video_frame": video_frame, "received_ns": msg.received_ns}
         self._index.write(json.dumps({**msg.header(), "recorded": recorded}) + "\n")
         self._index.flush()
         log.frame_ids.append(msg.frame_id)
         self.frames += 1
+        return True
 
     def summary(self) -> dict[str, Any]:
-        return {"frames": self.frames, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
+        return {"frames": self.frames, "refused_streams_frames": self.refused, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
 
     def close(self) -> None:
         """Finalise every video and the index (each even if another fails), then write recording.json."""
@@ -91,8 +118,8 @@ class Recorder:
         with ExitStack() as stack:
             stack.callback(self._index.close)
             for log in self._streams.values():
-                if log.video is not None:
-                    stack.callback(log.video.close)
+                for video in log.videos:
+                    stack.callback(video.close)
         write_json_atomic(self.out_dir / "recording.json", self.summary())
 
     def __enter__(self) -> Self:

@@ -22,6 +22,8 @@ from pipeline.publish.transport import Peer
 
 RECONNECT_MS = 100
 MAX_DRAIN = 256  # latest() returns even when frames arrive as fast as it can read them
+MAX_STREAMS = 1024  # streams whose last frame id is remembered (the oldest is forgotten): a flood of ids is bounded
+MAX_GAP = 100_000  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
 NO_FRAMES_HINT = "check the address and --stream; an encrypted publisher also needs --curve-client and --curve-server"
 
 Received = tuple[int, list[bytes]]  # (time.monotonic_ns() on receipt, multipart)
@@ -54,6 +56,7 @@ class Subscriber(Peer):
         self.conflate_latest = conflate_latest
         self.max_bytes = max_bytes
         self.received = self.skipped = self.missed = self.malformed = 0
+        self.jumps = 0  # frame ids that went back, or forward by more than MAX_GAP: a new sequence, counted once
         self._last_ids: dict[str, int] = {}
 
     def recv(self, timeout: float | None = 1.0) -> FrameMessage | None:
@@ -66,7 +69,8 @@ class Subscriber(Peer):
         return self._receive(timeout, drain=True)
 
     def counters(self) -> dict[str, int]:
-        return {"received": self.received, "skipped": self.skipped, "missed": self.missed, "malformed": self.malformed}
+        counts = {"received": self.received, "skipped": self.skipped, "missed": self.missed, "malformed": self.malformed}
+        return counts | ({"jumps": self.jumps} if self.jumps else {})
 
     def _receive(self, timeout: float | None, drain: bool) -> FrameMessage | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -110,10 +114,18 @@ class Subscriber(Peer):
         stream, frame_id = header["stream_id"], header["frame_id"]
         if self.stream_id is not None and stream != self.stream_id:
             return None
-        last = self._last_ids.get(stream)
+        last = self._last_ids.pop(stream, None)  # re-inserted below: the dict stays in order of last use
         if last is not None and frame_id > last + 1:
-            self.missed += frame_id - last - 1
+            gap = frame_id - last - 1
+            if gap <= MAX_GAP:
+                self.missed += gap
+            else:
+                self.jumps += 1
+        elif last is not None and frame_id <= last:
+            self.jumps += 1  # a lower (or repeated) id: the sender restarted
         self._last_ids[stream] = frame_id
+        if len(self._last_ids) > MAX_STREAMS:
+            del self._last_ids[next(iter(self._last_ids))]
         return header
 
 
