@@ -124,10 +124,14 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
 def segment_sources(
     seg: BoneSegmenter, specs: Sequence[str], out_dir: str | Path, *, batch_size: int = 1, overlay: bool = True, progress: bool = True
 ) -> Path:
-    """Masks (0/255 PNG at source resolution) for every frame, overlays, and ``summary.json``; returns its path."""
+    """Masks (0/255 PNG at source resolution) for every frame, overlays, and ``summary.json``; returns its path.
+
+    A previous run's summary in ``out_dir`` is removed first: the summary, written last, is what says a run is
+    complete and which files are its own."""
     run = SegmentRun(Path(out_dir))
-    (run.out_dir / "masks").mkdir(parents=True, exist_ok=True)
     sources = open_sources(specs)
+    (run.out_dir / "summary.json").unlink(missing_ok=True)
+    (run.out_dir / "masks").mkdir(parents=True, exist_ok=True)
     started = time.time()
     for source in sources:
         _segment_source(seg, source, run, batch_size=batch_size, overlay=overlay, progress=progress)

@@ -211,3 +211,42 @@ def test_output_paths_are_checked_before_the_model_loads(capsys, phantom_ref, tm
     fails(capsys, ["calibrate", str(images), "--out", str(tmp_path), *SMALL], "--out", "is a folder")
     fails(capsys, ["segment", str(images), "--reference", str(ref), "--out", str(a_file), "--weights", "random:0"], "--out", "is not a folder")
     fails(capsys, ["record", "tcp://127.0.0.1:9", "--out", str(recording), "--max-frames", "1"], "--out", "already holds a recording")
+
+
+def test_sources_that_share_a_name_get_distinct_outputs(capsys, tmp_path: Path) -> None:
+    """A typical DICOM export: IM_0001 in several series folders; and image folders with the same file names."""
+    from test_sources import write_dicom
+
+    rng = np.random.default_rng(0)
+    frames = lambda: cv2.GaussianBlur(rng.integers(0, 255, (2, 48, 64), dtype=np.uint8).transpose(1, 2, 0), (5, 5), 0).transpose(2, 0, 1)
+    dicoms = [write_dicom(_mkdir(tmp_path / series) / "IM_0001.dcm", frames()) for series in ("series1", "series2")]
+    for folder in ("left", "right"):
+        cv2.imwrite(str(_mkdir(tmp_path / folder) / "frame.png"), frames()[0])
+    ref = tmp_path / "ref.json"
+    assert main(["calibrate", *map(str, dicoms), "--out", str(ref), "--roi", "full", *SMALL]) == 0
+    out = tmp_path / "seg"
+    assert main(["segment", *map(str, dicoms), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"]) == 0
+    masks = sorted(p.name for p in (out / "masks").glob("*.png"))
+    assert masks == ["series1_IM_0001_000000.png", "series1_IM_0001_000001.png", "series2_IM_0001_000000.png", "series2_IM_0001_000001.png"]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["series1_IM_0001_overlay.mp4", "series2_IM_0001_overlay.mp4"]
+    images = tmp_path / "images-seg"
+    assert main(["segment", str(tmp_path / "left"), str(tmp_path / "right"), "--reference", str(ref), "--out", str(images), "--weights", "random:0", "--no-progress"]) == 0
+    assert sorted(p.name for p in (images / "masks").glob("*.png")) == ["left_frame.png", "right_frame.png"]
+
+
+def test_a_failed_rerun_leaves_no_summary_from_the_previous_one(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    out = tmp_path / "seg"
+    assert main(["segment", str(images), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"]) == 0
+    assert (out / "summary.json").exists()
+    fails(capsys, ["segment", str(tmp_path / "missing.mp4"), "--reference", str(ref), "--out", str(out), "--weights", "random:0"], "missing.mp4")
+    assert (out / "summary.json").exists()  # the source was refused before anything was touched
+    odd = _mkdir(tmp_path / "odd")
+    cv2.imwrite(str(odd / "x.png"), np.zeros((10, 12), np.uint8))  # opens, then fails at its first frame
+    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"], "differs from the calibrated")
+    assert not (out / "summary.json").exists()  # nothing says the mix of old and new files is a complete run
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -62,6 +63,24 @@ def to_uint8(
         log.warning("%s: %s-bit pixels scaled to 8-bit by %s (B-mode is 8-bit)", where, bits, how)
     scaled = (image.astype(np.float32) - np.float32(low)) * np.float32(255.0 / span)
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def distinct_names(paths: Sequence[Path]) -> list[str]:
+    """A name per path for the outputs made from it: the stem, with the parent folders in front where stems repeat
+    (``IM_0001`` in several DICOM series folders), so no output overwrites another."""
+    names = [p.stem for p in paths]
+    depth = 0
+    while len(set(names)) < len(names) and depth < 8:
+        depth += 1
+        counts = {n: names.count(n) for n in names}
+        names = [
+            "_".join([*p.parts[-1 - depth : -1], p.stem]) if counts[n] > 1 else n for p, n in zip(paths, names)
+        ]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # identical paths given twice: number them
+        seen[n] = seen.get(n, 0) + 1
+        names[i] = n if seen[n] == 1 else f"{n}_{seen[n]}"
+    return names
 
 
 class Source:

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from pipeline.capture.frame import Frame, Source, SourceError, now_ns, to_uint8
+from pipeline.capture.frame import Frame, Source, SourceError, distinct_names, now_ns, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -33,11 +33,6 @@ def expand_images(specs: Sequence[str | Path]) -> list[Path]:
             paths += found
         else:
             raise SourceError(f"{spec}: no such file or folder")
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems:
-            raise SourceError(f"{p} and {stems[p.stem]} share the name {p.stem!r}; masks are named by it")
-        stems[p.stem] = p
     return paths
 
 
@@ -66,6 +61,7 @@ def from_bgr(image: np.ndarray) -> np.ndarray:
 class ImageSource(Source):
     def __init__(self, specs: Sequence[str | Path], fps: float = 20.0) -> None:
         self.paths = expand_images(specs)
+        self.names = distinct_names(self.paths)  # frame and mask names: stems, with the folder where they repeat
         self.fps = fps
         self.name = str(specs[0]) if len(specs) == 1 else f"{len(self.paths)} images"
         self.stem = Path(specs[0]).stem if len(specs) == 1 else "images"
@@ -86,4 +82,4 @@ class ImageSource(Source):
                     f"{path}: {size[0]}x{size[1]} pixels, but {self.paths[0]} is {first_size[0]}x{first_size[1]}; "
                     "images of one source must share a size"
                 )
-            yield Frame(i, image, path.stem, i / self.fps, now_ns())
+            yield Frame(i, image, self.names[i], i / self.fps, now_ns())

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.capture.dicom import DicomSource, is_dicom
-from pipeline.capture.frame import Frame, Source, SourceError
+from pipeline.capture.frame import Frame, Source, SourceError, distinct_names
 from pipeline.capture.images import ImageSource
 from pipeline.capture.live import LiveReplay, LiveSource, is_device
 from pipeline.capture.phantom import PhantomConfig
@@ -55,7 +55,8 @@ def open_source(spec: str | Path, *, fps: float = 20.0, live: bool | None = None
 
 
 def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool | None = None) -> list[Source]:
-    """Consecutive image arguments form one source (so N files calibrate together); others stand alone."""
+    """Consecutive image arguments form one source (so N files calibrate together); others stand alone. Files
+    that share a name (``IM_0001`` in several series folders) get the folders in front, so outputs stay distinct."""
     sources: list[Source] = []
     images: list[str] = []
     for spec in map(str, specs):
@@ -63,12 +64,15 @@ def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool |
             images.append(spec)
             continue
         if images:
-            sources.append(_as_live(ImageSource(images, fps=fps), live))
+            sources.append(ImageSource(images, fps=fps))
             images = []
-        sources.append(open_source(spec, fps=fps, live=live))
+        sources.append(LiveSource(spec) if is_device(spec) else _replay(spec, fps))
     if images:
-        sources.append(_as_live(ImageSource(images, fps=fps), live))
-    return sources
+        sources.append(ImageSource(images, fps=fps))
+    files = [(i, Path(s.name)) for i, s in enumerate(sources) if isinstance(s, (VideoSource, DicomSource))]
+    for (i, _), stem in zip(files, distinct_names([path for _, path in files])):
+        sources[i].stem = stem
+    return [_as_live(s, live) for s in sources]
 
 
 def spread_indices(total: int, count: int) -> list[int]:

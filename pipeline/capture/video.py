@@ -80,7 +80,7 @@ class VideoSource(Source):
                         )
                     image = frame.to_ndarray(format="gray")
                     ts = float(frame.time) if frame.time is not None else (index / self.fps if self.fps else None)
-                    yield Frame(index, np.ascontiguousarray(image), f"{self.path.stem}_{index:06d}", ts, now_ns())
+                    yield Frame(index, np.ascontiguousarray(image), f"{self.stem}_{index:06d}", ts, now_ns())
                     index += 1
             except av.FFmpegError as exc:
                 raise SourceError(f"{self.path}: decoding failed at frame {index} ({exc})") from None

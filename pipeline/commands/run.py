@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)
     source = _open(args)
+    for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
+        (args.report / previous).unlink(missing_ok=True)
     curve = server_from_args(args)
     with ExitStack() as stack:
         stack.callback(source.close)
