@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import av
@@ -250,3 +251,22 @@ def test_a_failed_rerun_leaves_no_summary_from_the_previous_one(capsys, phantom_
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_lossless_consumer_that_never_comes_does_not_freeze_the_run(capsys, phantom_ref, tmp_path: Path) -> None:
+    images, ref = phantom_ref
+    with socket.socket() as probe:  # a free loopback port nobody will connect to
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    report = tmp_path / "report"
+    started = time.monotonic()
+    code = main(["run", "phantom:20", "--reference", str(ref), "--weights", "random:0", "--no-publish", "--lossless", f"tcp://127.0.0.1:{port}",
+                 "--wait-timeout", "0.5", "--report", str(report), "--no-progress"])
+    took = time.monotonic() - started
+    summary = json.loads((report / "run_summary.json").read_text())
+    lossless = summary["outputs"]["lossless"]
+    assert code == 1 and took < 30  # 20 frames x 0.5 s would be the least a per-frame wait costs; it is far less
+    assert summary["read"] == summary["processed"] == 20 and lossless["written"] == 0
+    assert lossless["dropped"] + lossless["failed"] == 20  # every frame it did not take is reported, by id
+    assert len(summary["dropped_ids"].get("output:lossless", [])) == lossless["dropped"]
+    assert took < 10  # one 0.5 s timeout, then no more waiting

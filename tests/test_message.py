@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -187,3 +188,24 @@ def test_fuzz_mutated_messages(kind, part, cut, flips, key, value, mode):
             del header[key]
         parts[1] = json.dumps(header).encode()
     _expect_only_message_errors(parts)
+
+
+def test_an_overlay_that_lies_about_its_size_is_rejected_and_the_subscriber_goes_on():
+    from pipeline.publish.publisher import Publisher
+    from pipeline.publish.subscriber import Subscriber
+
+    liar = make_message(0, size=(24, 32), overlay="raw")
+    liar.overlay = np.zeros((10, 10, 3), np.uint8)  # bytes agree with its own header, not with the frame
+    with pytest.raises(MessageError, match="overlay shape"):
+        liar.encode()
+    parts = make_message(0, size=(24, 32), overlay="raw").encode()
+    header = json.loads(parts[1])
+    header["overlay"]["shape"] = [10, 10, 3]
+    lying = [parts[0], json.dumps(header).encode(), parts[2], bytes(300)]
+    with pytest.raises(MessageError, match="overlay shape"):
+        decode(lying)
+    with Publisher("tcp://127.0.0.1:*", sndhwm=10) as pub, Subscriber(pub.socket.getsockopt_string(zmq.LAST_ENDPOINT), rcvhwm=10) as sub:
+        assert pub.wait_for_subscribers(1)
+        pub.socket.send_multipart(lying)
+        pub.send(make_message(1))
+        assert sub.recv(timeout=5).frame_id == 1 and sub.malformed == 1

@@ -283,8 +283,9 @@ def _check_header(h: Any) -> None:
         _integer(stamps, stage, "header.timestamps_ns")
     _integer(h, "published_unix_ns")
     mask_shape = _array_spec(h, "mask", 2, "resolution", ("frame", "roi"))
+    overlay_shape = None
     if _field(h, "overlay", "header", dict, type(None)) is not None:
-        _array_spec(h, "overlay", 3, "encoding", ("jpeg", "raw"))
+        overlay_shape = _array_spec(h, "overlay", 3, "encoding", ("jpeg", "raw"))
     fh, fw = _int_list(h, "frame_size", "header", 2, 1, MAX_SIDE)
     top, left, rh, rw = _int_list(h, "roi", "header", 4, 0, MAX_SIDE)
     if rh < 1 or rw < 1 or top + rh > fh or left + rw > fw:
@@ -292,6 +293,8 @@ def _check_header(h: Any) -> None:
     expected = [fh, fw] if h["mask"]["resolution"] == "frame" else [rh, rw]
     if mask_shape != expected:
         raise MessageError(f"mask shape {mask_shape} does not match its {h['mask']['resolution']} size {expected}")
+    if overlay_shape is not None and overlay_shape != [*mask_shape, 3]:
+        raise MessageError(f"overlay shape {overlay_shape} does not match the mask's {mask_shape} x 3")
     _field(h, "reference_id", "header", str)
     _field(h, "weights", "header", str)
     _field(h, "random_weights", "header", bool)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.publish.files import write_png_atomic
 from pipeline.publish.message import FrameMessage
-from pipeline.publish.publisher import LosslessSender, Publisher
+from pipeline.publish.publisher import LosslessSender, Publisher, SendTimeout
 from pipeline.publish.recorder import Recorder
 from pipeline.run import Result
 from pipeline.segment.segmenter import BoneSegmenter
@@ -92,7 +92,9 @@ class ZmqOutput(_MessageOutput):
 
 class LosslessOutput(_MessageOutput):
     """One PUSH consumer that gets every frame: in replay a slow consumer back-pressures the pipeline, for at most
-    ``timeout`` s per frame (then the frame is this output's failure and the run goes on)."""
+    ``timeout`` s (then the frame is this output's failure and the run goes on). A consumer that let a timeout pass
+    is stalled: frames fail at once, without waiting, until it takes one again, so a consumer that died or never
+    came costs one timeout, not one per frame."""
 
     name = "lossless"
     lossless = True
@@ -101,9 +103,15 @@ class LosslessOutput(_MessageOutput):
         super().__init__(encoding)
         self.sender = sender
         self.timeout = timeout
+        self.stalled = False
 
     def write(self, result: Result) -> None:
-        self.sender.send(self.message(result), timeout=self.timeout)
+        try:
+            self.sender.send(self.message(result), timeout=0.0 if self.stalled else self.timeout)
+        except SendTimeout:
+            self.stalled = True
+            raise
+        self.stalled = False
 
     def close(self) -> None:
         self.sender.close()
