@@ -13,11 +13,13 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2K,
     JPEGBaseline8Bit,
@@ -470,3 +472,36 @@ def test_video_whose_audio_outlasts_it_is_read_to_its_end(tmp_path):
             container.mux(packet)
     frames = list(VideoSource(path))
     assert [f.id for f in frames] == list(range(10)) and frames[0].image.shape == (48, 64)
+
+
+def test_dicom_headers_are_checked_against_the_pixel_data(tmp_path):
+    """A lying header is one line naming the file and the field, at open: nothing is sized by a claimed count."""
+    cases = {
+        "billion.dcm": ({"NumberOfFrames": 10**9}, r"NumberOfFrames \(0028,0008\) says 1000000000 frames .* holds 3"),
+        "wide.dcm": ({"Columns": 60000}, r"Columns \(0028,0011\) 60000 is out of range"),
+        "samples.dcm": ({"SamplesPerPixel": 3}, r"SamplesPerPixel \(0028,0002\) 3 is out of range \(1\.\.1\)"),
+        "bits.dcm": ({"BitsAllocated": 12}, r"BitsAllocated \(0028,0100\) 12 is not 8, 16 or 32"),
+        "rows.dcm": ({"Rows": "many"}, r"Rows \(0028,0010\) 'many' is not an integer"),
+    }
+    for name, (elements, message) in cases.items():
+        path = write_dicom(tmp_path / name, smooth_frames(3))
+        ds = pydicom.dcmread(path)
+        for keyword, value in elements.items():
+            if isinstance(value, str):
+                ds[keyword].VR, ds[keyword].value = "LO", value  # a text where a number belongs
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+        with pytest.raises(SourceError, match=rf"{name}: {message}"):
+            DicomSource(path)
+
+
+def test_dicom_garbage_window_is_ignored_and_deflate_is_read(tmp_path):
+    path = write_dicom(tmp_path / "window.dcm", smooth_frames(2), WindowCenter="1e999", WindowWidth="nan")
+    assert [f.image.shape for f in DicomSource(path)] == [(H, W)] * 2
+    ds = pydicom.dcmread(write_dicom(tmp_path / "plain.dcm", smooth_frames(3)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    frames = list(DicomSource(tmp_path / "deflated.dcm"))
+    assert [f.id for f in frames] == [0, 1, 2]
+    np.testing.assert_array_equal(frames[1].image, smooth_frames(3)[1])

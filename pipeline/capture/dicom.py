@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels, pixel_array
 
 from pipeline.capture.frame import Frame, Source, SourceError, now_ns, to_uint8
@@ -22,7 +23,9 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 GRAY = {"MONOCHROME1", "MONOCHROME2"}
 # iter_pixels already converts YBR_FULL and YBR_FULL_422 (native or JPEG) to RGB.
 COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"}
-_DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError)  # what pydicom and its plugins raise on bad data
+_DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError, AttributeError, KeyError)  # pydicom and plugins on bad data
+MAX_SIDE = 16384  # rows or columns beyond this are a damaged header, not an ultrasound frame
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def is_dicom(spec: str | Path) -> bool:
@@ -74,6 +77,44 @@ def _check_decodable(path: Path, ds: Dataset) -> None:
         )
 
 
+def _integer(path: Path, ds: Dataset, keyword: str, tag: str, default: int, low: int, high: int) -> int:
+    value = ds.get(keyword)
+    try:
+        number = default if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"{path}: {keyword} ({tag}) {value!r} is not an integer") from None
+    if not low <= number <= high:
+        raise SourceError(f"{path}: {keyword} ({tag}) {number} is out of range ({low}..{high})")
+    return number
+
+
+def _check_layout(path: Path, ds: Dataset) -> int:
+    """The frame count, after checking NumberOfFrames, Rows/Columns, SamplesPerPixel and BitsAllocated against each
+    other and against the length of uncompressed pixel data: a header that claims a billion frames is refused here,
+    before anything is sized by it."""
+    rows = _integer(path, ds, "Rows", "0028,0010", 0, 1, MAX_SIDE)
+    cols = _integer(path, ds, "Columns", "0028,0011", 0, 1, MAX_SIDE)
+    frames = _integer(path, ds, "NumberOfFrames", "0028,0008", 1, 1, 2**31 - 1)
+    photometric = ds.get("PhotometricInterpretation")
+    samples = 1 if photometric in GRAY | {"PALETTE COLOR"} else 3
+    _integer(path, ds, "SamplesPerPixel", "0028,0002", samples, samples, samples)
+    bits = _integer(path, ds, "BitsAllocated", "0028,0100", 8, 1, 64)
+    if bits not in (8, 16, 32):
+        raise SourceError(f"{path}: BitsAllocated (0028,0100) {bits} is not 8, 16 or 32")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return frames  # compressed frames: each is checked as it is decoded, and a bad one is named
+    item = ds.get_item("PixelData")
+    length = getattr(item, "length", None)
+    length = len(ds.PixelData) if length is None else length
+    frame_bytes = rows * cols * (2 if photometric == "YBR_FULL_422" else samples) * bits // 8
+    if length != UNDEFINED_LENGTH and frames > length // frame_bytes:
+        raise SourceError(
+            f"{path}: NumberOfFrames (0028,0008) says {frames} frames of {rows}x{cols}x{samples} at {bits} bits, "
+            f"but the pixel data holds {length // frame_bytes}"
+        )
+    return frames
+
+
 def _positive(ds: Dataset, keyword: str) -> float | None:
     value = ds.get(keyword)
     try:
@@ -83,20 +124,23 @@ def _positive(ds: Dataset, keyword: str) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _timing(ds: Dataset, count: int, fallback_fps: float) -> tuple[float, list[float]]:
-    """Frame rate and each frame's source_ts (s). The rate: FrameTime (0018,1063, ms), CineRate (0018,0040),
-    RecommendedDisplayFrameRate, the FrameTimeVector's mean, else ``fallback_fps``. Timestamps: the
-    FrameTimeVector (0018,1065, ms increments, the first is 0) when it covers every frame, else index / rate."""
+def _timing(ds: Dataset, count: int, fallback_fps: float) -> tuple[float, np.ndarray | None]:
+    """Frame rate and, when the file has one covering every frame, each frame's source_ts (s); otherwise a frame's
+    time is index / rate (computed per frame: nothing is sized by the claimed count). The rate: FrameTime
+    (0018,1063, ms), CineRate (0018,0040), RecommendedDisplayFrameRate, the FrameTimeVector's mean, else
+    ``fallback_fps``. The FrameTimeVector (0018,1065) holds ms increments, the first 0."""
     frame_time_ms = _positive(ds, "FrameTime")
     fps = (1000.0 / frame_time_ms if frame_time_ms else None) or _positive(ds, "CineRate")
     fps = fps or _positive(ds, "RecommendedDisplayFrameRate")
-    vector = np.atleast_1d(np.asarray(ds.get("FrameTimeVector", []), dtype=float))
+    try:
+        vector = np.atleast_1d(np.asarray(ds.get("FrameTimeVector", []), dtype=float))
+    except (TypeError, ValueError):
+        vector = np.zeros(0)
     if vector.size == count and count > 1 and np.isfinite(vector).all():
         times = np.concatenate([[0.0], np.cumsum(vector[1:])]) / 1000.0
         fps = fps or ((count - 1) / times[-1] if times[-1] > 0 else None) or fallback_fps
-        return fps, times.tolist()
-    fps = fps or fallback_fps
-    return fps, [i / fps for i in range(count)]
+        return fps, times
+    return fps or fallback_fps, None
 
 
 def _window(ds: Dataset) -> tuple[float, float] | None:
@@ -104,8 +148,11 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:
         return None
-    first = [float(np.atleast_1d(np.asarray(v, dtype=float))[0]) for v in (center, width)]
-    return (first[0], first[1]) if first[1] > 0 else None
+    try:
+        first = [float(np.atleast_1d(np.asarray(v, dtype=float))[0]) for v in (center, width)]
+    except (TypeError, ValueError, IndexError):
+        return None  # an unreadable window is no window: the stored bits scale the pixels instead
+    return (first[0], first[1]) if first[1] > 0 and all(map(math.isfinite, first)) else None
 
 
 class DicomSource(Source):
@@ -120,13 +167,14 @@ class DicomSource(Source):
         self.stem = self.path.stem
         self._header = _read_header(self.path)
         _check_decodable(self.path, self._header)
-        self._count = int(self._header.get("NumberOfFrames") or 1)
+        self._count = _check_layout(self.path, self._header)
         self.fps, self._times = _timing(self._header, self._count, fps)
         self.photometric: str = self._header.PhotometricInterpretation
         self._bits = int(self._header.get("BitsStored") or self._header.get("BitsAllocated") or 8)
         self._window = _window(self._header) if self.photometric in GRAY else None
         syntax = self._header.file_meta.TransferSyntaxUID
         self._native_422 = self.photometric == "YBR_FULL_422" and not syntax.is_encapsulated
+        self._deflated = syntax == DeflatedExplicitVRLittleEndian
 
     @property
     def count(self) -> int:
@@ -141,6 +189,8 @@ class DicomSource(Source):
     def _frames(self) -> Iterator[np.ndarray]:
         if self._native_422:  # pydicom 3.0 iter_pixels sizes native 4:2:2 frames after the first as 4:4:4
             return (pixel_array(self.path, index=i) for i in range(self._count))
+        if self._deflated:  # the whole dataset is compressed: inflate it (dcmread does) before reading frames
+            return iter_pixels(pydicom.dcmread(self.path))
         return iter_pixels(self.path)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -153,4 +203,5 @@ class DicomSource(Source):
             except _DECODE_ERRORS as exc:
                 raise SourceError(f"{self.path}: corrupt pixel data at frame {index} ({exc})") from None
             image = np.ascontiguousarray(self._to_8bit(pixels))
-            yield Frame(index, image, f"{self.stem}_{index:06d}", self._times[index], now_ns())
+            ts = float(self._times[index]) if self._times is not None else index / self.fps
+            yield Frame(index, image, f"{self.stem}_{index:06d}", ts, now_ns())
