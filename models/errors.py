@@ -7,3 +7,7 @@ class BonestreamError(ValueError):
 
 class FrameError(BonestreamError):
     """A frame that cannot be processed as it is (wrong size, dtype, channels)."""
+
+
+class FrameSizeError(FrameError):
+    """A frame of another size than the calibrated geometry: every frame of its source will be the same."""

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from models.errors import FrameError
+from models.errors import FrameError, FrameSizeError
 from models.vit import grid_size
 from models.weights import PATCH
 
@@ -124,7 +124,7 @@ class Geometry:
 
     def check_frame(self, image: np.ndarray, where: str = "frame") -> None:
         if image.shape[:2] != tuple(self.frame_size):
-            raise FrameError(
+            raise FrameSizeError(
                 f"{where}: size {image.shape[1]}x{image.shape[0]} (w x h) differs from the calibrated "
                 f"{self.frame_size[1]}x{self.frame_size[0]}; recalibrate for this source or fix the capture"
             )

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
-from models.errors import FrameError
+from models.errors import FrameError, FrameSizeError
 from pipeline.capture.frame import Frame, Source
 from pipeline.handoff import Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
@@ -135,6 +135,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._abort = threading.Event()  # a second stop: nothing waits any longer
         self._labelled_any = False
+        self._size_error: str | None = None  # the last frame refused for its size
         drop = self.live
         self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
         self.to_encode = Handoff("encode", config.queue_size, drop, _frame_id)
@@ -157,7 +158,7 @@ class Pipeline:
         if self._stop.is_set():
             self._abort.set()
         self._stop.set()
-        self.summary.interrupted = self.summary.refused is None
+        self.summary.interrupted = True
         if self.live:
             self.source.close()
 
@@ -195,6 +196,13 @@ class Pipeline:
             if end:
                 return
 
+    def _refuse(self, reason: str) -> None:
+        """A replay whose first frames all have another size than the reference: every frame after them would fail
+        the same way, so reading stops (once, not as an abort) and the run says why in one line."""
+        if self.summary.refused is None:
+            self.summary.refused = reason
+            self._stop.set()
+
     def _fail(self, frame: Frame, stage: str, exc: BaseException) -> None:
         self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
         log.warning("frame %s failed in %s: %s\n%s", frame.id, stage, exc, traceback.format_exc(limit=3))
@@ -209,10 +217,8 @@ class Pipeline:
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], "preprocess" if isinstance(exc, FrameError) else "inference", exc)
-                if isinstance(exc, FrameError) and not self._labelled_any:
-                    # nothing of this source has fitted the reference: every next frame would fail the same way
-                    self.summary.refused = str(exc)
-                    self.stop()
+                if isinstance(exc, FrameSizeError):
+                    self._size_error = str(exc)
                 return []
         return [pair for frame in batch for pair in self._predict([frame])]
 
@@ -221,6 +227,8 @@ class Pipeline:
             for batch in self._batches():
                 t0 = time.perf_counter()
                 done = self._predict(batch)
+                if not done and not self._labelled_any and self._size_error and not self.live:
+                    self._refuse(self._size_error)
                 inferred = time.monotonic_ns()
                 model_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(done))
                 for frame, prediction in done:

@@ -209,3 +209,10 @@ def test_an_overlay_that_lies_about_its_size_is_rejected_and_the_subscriber_goes
         pub.socket.send_multipart(lying)
         pub.send(make_message(1))
         assert sub.recv(timeout=5).frame_id == 1 and sub.malformed == 1
+
+
+def test_an_roi_mask_with_a_frame_size_overlay_is_valid():
+    msg = make_message(0, size=(24, 32), overlay="raw")
+    msg.frame_size, msg.roi, msg.mask_resolution = (40, 50), (2, 3, 24, 32), "roi"
+    msg.overlay = np.zeros((40, 50, 3), np.uint8)  # the whole frame drawn, the mask of the ROI only
+    assert decode(msg.encode()).overlay.shape == (40, 50, 3)

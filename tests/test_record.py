@@ -14,6 +14,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import zmq
 
 from pipeline.cli import main
 from pipeline.publish.publisher import LosslessSender, Publisher, SendTimeout
@@ -184,3 +185,37 @@ def test_a_flood_of_stream_ids_is_bounded(tmp_path: Path) -> None:
         taken = [rec.write(make_message(0, stream_id=f"s{i}", overlay=None)) for i in range(MAX_STREAMS + 10)]
     assert taken == [True] * MAX_STREAMS + [False] * 10 and rec.refused == 10
     assert len(rec.summary()["streams"]) == MAX_STREAMS
+
+
+def test_a_stalled_lossless_output_recovers_when_its_consumer_comes(tmp_path: Path) -> None:
+    """A consumer that was not there costs one timeout; once it connects, frames go to it again without waiting."""
+    from pipeline.capture.frame import Frame
+    from pipeline.publish.outputs import LosslessOutput
+    from pipeline.run import Result
+
+    sender = LosslessSender("tcp://127.0.0.1:*", linger=0.5)
+    output = LosslessOutput(sender, "none", timeout=0.3)
+
+    def result(i: int) -> Result:
+        r = Result(Frame(i, np.zeros((24, 32), np.uint8), f"f{i}", None, 0))
+        r.message = make_message(i, overlay=None)
+        return r
+
+    with pytest.raises(SendTimeout):
+        output.write(result(0))
+    assert output.stalled
+    started = time.monotonic()
+    with pytest.raises(SendTimeout):
+        output.write(result(1))  # stalled: fails at once, no second wait
+    assert time.monotonic() - started < 0.2
+    with LosslessReceiver(sender.socket.getsockopt_string(zmq.LAST_ENDPOINT)) as rx:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                output.write(result(2))
+                break
+            except SendTimeout:
+                time.sleep(0.05)  # the connection is being made
+        assert not output.stalled
+        assert rx.recv(timeout=5).frame_id == 2
+    output.close()

@@ -505,3 +505,27 @@ def test_dicom_garbage_window_is_ignored_and_deflate_is_read(tmp_path):
     frames = list(DicomSource(tmp_path / "deflated.dcm"))
     assert [f.id for f in frames] == [0, 1, 2]
     np.testing.assert_array_equal(frames[1].image, smooth_frames(3)[1])
+
+
+def test_output_names_are_distinct_and_never_paths(tmp_path):
+    from pipeline.capture.frame import distinct_names
+    from pipeline.capture.open import open_sources
+
+    assert distinct_names([Path("/tmp/x/a.png"), Path("/tmp/x/a.jpg")]) == ["a", "a_2"]  # same folder: numbered, no root
+    assert distinct_names([Path("/s1/IM_0001"), Path("/s2/IM_0001")]) == ["s1_IM_0001", "s2_IM_0001"]
+    assert distinct_names([Path("x/a.png"), Path("x/a.jpg"), Path("x_a_2.png")]) == ["a", "a_2", "x_a_2"]
+    assert distinct_names([Path("a.png"), Path("a.png"), Path("a_2.png")]) == ["a", "a_3", "a_2"]
+    for folder in ("left", "right"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "frame.png"), np.zeros((8, 8), np.uint8))
+    sources = open_sources([tmp_path / "left", "phantom:2", tmp_path / "right"])  # image groups split by another source
+    names = [f.name for s in sources for f in s]
+    assert len(names) == len(set(names)) and "left_frame" in names and "right_frame" in names
+
+
+def test_single_frame_dicom_with_number_of_frames_zero_is_read(tmp_path):
+    path = write_dicom(tmp_path / "zero.dcm", smooth_frames(1))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 0
+    ds.save_as(path, enforce_file_format=True)
+    assert [f.id for f in DicomSource(path)] == [0]

@@ -23,7 +23,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 GRAY = {"MONOCHROME1", "MONOCHROME2"}
 # iter_pixels already converts YBR_FULL and YBR_FULL_422 (native or JPEG) to RGB.
 COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"}
-_DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError, AttributeError, KeyError)  # pydicom and plugins on bad data
+_DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError)  # what pydicom and its plugins raise on bad data
 MAX_SIDE = 16384  # rows or columns beyond this are a damaged header, not an ultrasound frame
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -94,7 +94,7 @@ def _check_layout(path: Path, ds: Dataset) -> int:
     before anything is sized by it."""
     rows = _integer(path, ds, "Rows", "0028,0010", 0, 1, MAX_SIDE)
     cols = _integer(path, ds, "Columns", "0028,0011", 0, 1, MAX_SIDE)
-    frames = _integer(path, ds, "NumberOfFrames", "0028,0008", 1, 1, 2**31 - 1)
+    frames = max(1, _integer(path, ds, "NumberOfFrames", "0028,0008", 1, 0, 2**31 - 1))  # 0 means one, as pydicom reads it
     photometric = ds.get("PhotometricInterpretation")
     samples = 1 if photometric in GRAY | {"PALETTE COLOR"} else 3
     _integer(path, ds, "SamplesPerPixel", "0028,0002", samples, samples, samples)

@@ -66,20 +66,29 @@ def to_uint8(
 
 
 def distinct_names(paths: Sequence[Path]) -> list[str]:
-    """A name per path for the outputs made from it: the stem, with the parent folders in front where stems repeat
-    (``IM_0001`` in several DICOM series folders), so no output overwrites another."""
+    """A name per path for the outputs made from it: the stem, with parent folders in front where stems repeat
+    (``IM_0001`` in several DICOM series folders), then a number where even the folders agree. Never a path:
+    no separator, no root, so a name cannot place an output outside its folder."""
+    folders = [p.parent.parts[1:] if p.parent.anchor else p.parent.parts for p in paths]
     names = [p.stem for p in paths]
-    depth = 0
-    while len(set(names)) < len(names) and depth < 8:
-        depth += 1
-        counts = {n: names.count(n) for n in names}
-        names = [
-            "_".join([*p.parts[-1 - depth : -1], p.stem]) if counts[n] > 1 else n for p, n in zip(paths, names)
-        ]
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):  # identical paths given twice: number them
-        seen[n] = seen.get(n, 0) + 1
-        names[i] = n if seen[n] == 1 else f"{n}_{seen[n]}"
+    for stem in {n for n in names if names.count(n) > 1}:
+        group = [i for i, n in enumerate(names) if n == stem]
+        deepest = max(len(folders[i]) for i in group)
+        # the fewest trailing folders that tell the group apart best (none, when they share one folder)
+        distinct = [len({folders[i][len(folders[i]) - d :] for i in group}) for d in range(deepest + 1)]
+        depth = distinct.index(max(distinct))
+        for i in group:
+            names[i] = "_".join([*folders[i][len(folders[i]) - depth :], stem])
+    taken = {n for n in names if names.count(n) == 1}  # unique names keep theirs; repeats are numbered around them
+    for i, name in enumerate(names):
+        if names.count(name) == 1 and name in taken:
+            continue
+        candidate, k = name, 1
+        while candidate in taken:  # the same file twice, or a.png beside a.mp4
+            k += 1
+            candidate = f"{name}_{k}"
+        taken.add(candidate)
+        names[i] = candidate
     return names
 
 

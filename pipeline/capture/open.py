@@ -69,10 +69,26 @@ def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool |
         sources.append(LiveSource(spec) if is_device(spec) else _replay(spec, fps))
     if images:
         sources.append(ImageSource(images, fps=fps))
-    files = [(i, Path(s.name)) for i, s in enumerate(sources) if isinstance(s, (VideoSource, DicomSource))]
-    for (i, _), stem in zip(files, distinct_names([path for _, path in files])):
-        sources[i].stem = stem
+    _distinct_outputs(sources)
     return [_as_live(s, live) for s in sources]
+
+
+def _distinct_outputs(sources: Sequence[Source]) -> None:
+    """Output names that no two sources share: a video's or DICOM's stem, each image's name (one call over all)."""
+    owners: list[tuple[Source, int | None]] = []
+    paths: list[Path] = []
+    for source in sources:
+        if isinstance(source, (VideoSource, DicomSource)):
+            owners.append((source, None))
+            paths.append(Path(source.name))
+        elif isinstance(source, ImageSource):
+            owners += [(source, i) for i in range(len(source.paths))]
+            paths += source.paths
+    for (source, index), name in zip(owners, distinct_names(paths)):
+        if index is None:
+            source.stem = name
+        else:
+            source.names[index] = name
 
 
 def spread_indices(total: int, count: int) -> list[int]:

@@ -16,7 +16,7 @@ def number(kind: type, minimum: float, maximum: float | None = None, *, above: b
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         low_ok = value > minimum if above else value >= minimum
-        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+        if not low_ok or (maximum is not None and value > maximum) or (kind is float and not math.isfinite(value)):
             bound = f"{'>' if above else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
         return value
@@ -25,7 +25,8 @@ def number(kind: type, minimum: float, maximum: float | None = None, *, above: b
     return parse
 
 
-POSITIVE_INT = number(int, 1)
-COUNT = number(int, 0)  # 0 allowed (none, or off)
+POSITIVE_INT = number(int, 1, 10**9)
+COUNT = number(int, 0, 10**9)  # 0 allowed (none, or off)
 POSITIVE = number(float, 0, above=True)
+SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)

@@ -15,7 +15,7 @@ from models.errors import BonestreamError
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
-from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
+from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
     p.add_argument("--wait-subscribers", type=COUNT, default=0, metavar="N", help="wait for N subscribers before the first frame")
     p.add_argument(
-        "--wait-timeout", type=POSITIVE, default=30.0,
+        "--wait-timeout", type=SECONDS, default=30.0,
         help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
     )
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")

@@ -50,17 +50,19 @@ class VideoWriter:
     """H.264 MP4 (yuv420p) written to a temp name and renamed on close(), so a file at ``path`` is always a
     complete video; frames whose size is odd are padded by one black row/column (yuv420p needs even sides).
 
-    The MP4 is fragmented at every frame and the encoder keeps no frames back (zerolatency), so if the process is
-    killed (kill -9, power) or the disk fills, the ``.partial`` file still plays every frame written so far."""
+    ``fragmented`` (recordings): the MP4 is fragmented at every frame and the encoder keeps no frames back
+    (zerolatency), so if the process is killed (kill -9, power) or the disk fills, the ``.partial`` file still plays
+    every frame written so far. Fragmented files carry no frame count in their header."""
 
-    def __init__(self, path: str | Path, fps: float, *, crf: int = 20) -> None:
+    def __init__(self, path: str | Path, fps: float, *, crf: int = 20, fragmented: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"})
+        options = {"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"} if fragmented else {}
+        self._container = av.open(str(self._tmp), mode="w", format="mp4", options=options)
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        self._stream.options = {"crf": str(crf), "preset": "veryfast", **({"tune": "zerolatency"} if fragmented else {})}
         self._size: tuple[int, int] | None = None
         self.frames = 0
 

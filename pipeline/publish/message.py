@@ -15,7 +15,8 @@ Header (``schema`` 1; unknown extra keys are ignored, so fields may be added wit
     published_unix_ns    int, time.time_ns() at publication (wall clock, for other hosts)
     mask                 {shape: [h, w], dtype: "uint8", resolution: "frame" | "roi"}; 0 = background,
                          255 = bone; "frame" masks are frame_size, "roi" masks are roi's height x width
-    overlay              null (no 4th frame) or {shape: [h, w, 3], dtype: "uint8", encoding: "jpeg" | "raw"};
+    overlay              null (no 4th frame) or {shape: [h, w, 3], dtype: "uint8", encoding: "jpeg" | "raw"},
+                         h x w the mask's or the frame's size;
                          RGB order (raw: h*w*3 bytes; jpeg: a JPEG file decoding to that shape)
     roi                  [top, left, height, width] of the labelled region inside the frame
     frame_size           [h, w] of the source frame
@@ -293,8 +294,8 @@ def _check_header(h: Any) -> None:
     expected = [fh, fw] if h["mask"]["resolution"] == "frame" else [rh, rw]
     if mask_shape != expected:
         raise MessageError(f"mask shape {mask_shape} does not match its {h['mask']['resolution']} size {expected}")
-    if overlay_shape is not None and overlay_shape != [*mask_shape, 3]:
-        raise MessageError(f"overlay shape {overlay_shape} does not match the mask's {mask_shape} x 3")
+    if overlay_shape is not None and overlay_shape not in ([*mask_shape, 3], [fh, fw, 3]):
+        raise MessageError(f"overlay shape {overlay_shape} is neither the mask's {mask_shape} nor the frame's {[fh, fw]} x 3")
     _field(h, "reference_id", "header", str)
     _field(h, "weights", "header", str)
     _field(h, "random_weights", "header", bool)

@@ -31,6 +31,7 @@ from pipeline.publish.message import FrameMessage
 
 
 MAX_STREAMS = 64  # streams one recording takes; frames of further streams are refused and counted
+MAX_SEGMENTS = 32  # video segments per stream (one per frame-size change); overlays beyond are counted, not recorded
 
 
 class RecordError(BonestreamError):
@@ -76,6 +77,7 @@ class Recorder:
         self._streams: dict[str, _StreamLog] = {}
         self.frames = 0
         self.refused = 0  # frames of streams beyond MAX_STREAMS
+        self.unrecorded_overlays = 0  # overlays of frames beyond MAX_SEGMENTS size changes
 
     def write(self, msg: FrameMessage) -> bool:
         """Record ``msg``; False (and counted in ``refused``) for a new stream beyond MAX_STREAMS: a flood of stream
@@ -89,15 +91,20 @@ class Recorder:
         mask_name = f"masks/{msg.stream_id}_{msg.frame_id:06d}.png"
         write_png_atomic(self.out_dir / mask_name, msg.mask)
         video_name = video_frame = None
-        if msg.overlay is not None:
-            if log.video is None or msg.overlay.shape != log.video_size:
+        overlay = msg.overlay
+        if overlay is not None and (log.video is None or overlay.shape != log.video_size):
+            if len(log.videos) >= MAX_SEGMENTS:  # sizes that keep changing: masks and index go on, video does not
+                self.unrecorded_overlays += 1
+                overlay = None
+            else:
                 if log.video is not None:  # the frame size changed mid-stream: finish this segment, start the next
                     log.video.close()
                 suffix = f"_{len(log.videos) + 1}" if log.videos else ""
-                log.videos.append(VideoWriter(self.out_dir / f"{msg.stream_id}_overlay{suffix}.mp4", self.fps))
-                log.video_size = msg.overlay.shape
+                log.videos.append(VideoWriter(self.out_dir / f"{msg.stream_id}_overlay{suffix}.mp4", self.fps, fragmented=True))
+                log.video_size = overlay.shape
+        if overlay is not None:
             try:
-                log.video.write(msg.overlay)
+                log.video.write(overlay)
             except ValueError as exc:
                 raise RecordError(f"frame {msg.frame_id} of {msg.stream_id}: {exc}") from None
             video_name, video_frame = log.video.path.name, log.video.frames - 1
@@ -109,7 +116,7 @@ class Recorder:
         return True
 
     def summary(self) -> dict[str, Any]:
-        return {"frames": self.frames, "refused_streams_frames": self.refused, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
+        return {"frames": self.frames, "refused_streams_frames": self.refused, "unrecorded_overlays": self.unrecorded_overlays, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
 
     def close(self) -> None:
         """Finalise every video and the index (each even if another fails), then write recording.json."""
