@@ -225,14 +225,12 @@ class Pipeline:
     def _infer(self) -> None:
         try:
             for batch in self._batches():
-                t0 = time.perf_counter()
                 done = self._predict(batch)
                 if not done and not self._labelled_any and self._size_error and not self.live:
                     self._refuse(self._size_error)
                 inferred = time.monotonic_ns()
-                model_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(done))
                 for frame, prediction in done:
-                    result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms.get("model_labelling", model_ms))
+                    result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"])
                     self.to_encode.put(result)
         except Stopped:
             pass

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from models.errors import BonestreamError
+from pipeline.publish.recorder import Recorder, RecordError
 
 
 class OutputPathError(BonestreamError):
@@ -41,5 +42,8 @@ def check_output_file(path: Path, what: str) -> None:
 def check_new_recording(path: Path | None, what: str) -> None:
     """A folder for a new recording: writable and not holding one already (a recording is never overwritten)."""
     check_output_dir(path, what)
-    if path is not None and (path / "index.jsonl").exists():
-        raise OutputPathError(f"{what} {path}: already holds a recording (index.jsonl); choose another folder")
+    if path is not None:
+        try:
+            Recorder.refuse_existing(path)
+        except RecordError as exc:
+            raise OutputPathError(f"{what}: {exc}") from None

@@ -69,37 +69,45 @@ class HostMirror:
         return host[:n].numpy().copy()  # a copy: the mirror (or a static output) is reused by the next pass
 
 
+class StaticInput:
+    """A static uint8 buffer of shape ``batch x ...`` on ``device`` and, on CUDA, its pinned host mirror: filled row
+    by row and never reallocated, so captured graphs and io-bindings can point at it."""
+
+    def __init__(self, device: torch.device, shape: tuple[int, ...]) -> None:
+        self.device = device
+        self.shape = tuple(shape)
+        self.tensor = torch.zeros(self.shape, dtype=torch.uint8, device=device)
+        self.host = torch.zeros(self.shape, dtype=torch.uint8, pin_memory=True) if device.type == "cuda" else None
+
+    def upload(self, data: np.ndarray | torch.Tensor) -> int:
+        """Copy ``data`` (numpy on the host, or a tensor already on the device) into the first rows; rows past them
+        keep old data (padding, ignored). Returns the number of rows."""
+        n = data.shape[0]
+        if not 0 < n <= self.shape[0] or tuple(data.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"batch {tuple(data.shape)} does not fit the engine's static input {self.shape}")
+        if isinstance(data, torch.Tensor) and data.device == self.device:
+            self.tensor[:n].copy_(data)
+        elif self.host is not None:
+            self.host[:n].copy_(torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8)))
+            self.tensor[:n].copy_(self.host[:n], non_blocking=True)
+        else:
+            self.tensor[:n].copy_(torch.as_tensor(data))
+        return n
+
+
 class Staging:
     """One static uint8 input of shape ``batch x plane`` on ``device``; runs ``compute`` on up to ``batch`` frames."""
 
     def __init__(self, device: str | torch.device, shape: tuple[int, ...]) -> None:
         with device_guard(device) as dev:
             self.device = dev
-            self.shape = tuple(shape)
-            self.input = torch.zeros(self.shape, dtype=torch.uint8, device=dev)
             self.cuda = dev.type == "cuda"
-            self.host_input = torch.zeros(self.shape, dtype=torch.uint8, pin_memory=True) if self.cuda else None
+            self.buffer = StaticInput(dev, shape)
+            self.shape = self.buffer.shape
+            self.input = self.buffer.tensor
+            self.upload = self.buffer.upload
             self.clock = StageClock(dev, STAGES)
             self.mirror = HostMirror(dev)
-
-    def check(self, shape: tuple[int, ...]) -> int:
-        n = shape[0]
-        if not 0 < n <= self.shape[0] or tuple(shape[1:]) != self.shape[1:]:
-            raise ValueError(f"batch {tuple(shape)} does not fit the engine's static input {self.shape}")
-        return n
-
-    def upload(self, planes: np.ndarray | torch.Tensor) -> int:
-        """Copy ``planes`` (numpy on the host, or a tensor already on the device) into the static input; rows past
-        them keep old data (padding, ignored). Returns the number of frames."""
-        n = self.check(tuple(planes.shape))
-        if isinstance(planes, torch.Tensor) and planes.device == self.device:
-            self.input[:n].copy_(planes)
-        elif self.cuda:
-            self.host_input[:n].copy_(torch.from_numpy(np.ascontiguousarray(planes, dtype=np.uint8)))
-            self.input[:n].copy_(self.host_input[:n], non_blocking=True)
-        else:
-            self.input[:n].copy_(torch.as_tensor(planes))
-        return n
 
     def run(self, planes: np.ndarray, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
         """Outputs for ``planes`` (n <= batch rows) in host memory, and the stage times in ms."""

@@ -30,6 +30,7 @@ from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_ato
 from pipeline.publish.message import FrameMessage
 
 
+INDEX = "index.jsonl"
 MAX_STREAMS = 64  # streams one recording takes; frames of further streams are refused and counted
 MAX_SEGMENTS = 32  # video segments per stream (one per frame-size change); overlays beyond are counted, not recorded
 
@@ -69,15 +70,19 @@ class Recorder:
     def __init__(self, out_dir: str | Path, *, fps: float = 30.0) -> None:
         self.out_dir = Path(out_dir)
         self.fps = fps
-        index = self.out_dir / "index.jsonl"
-        if index.exists():
-            raise RecordError(f"{self.out_dir} already holds a recording ({index.name}); choose another folder")
+        self.refuse_existing(self.out_dir)
         (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        self._index = index.open("x", encoding="utf-8")
+        self._index = (self.out_dir / INDEX).open("x", encoding="utf-8")
         self._streams: dict[str, _StreamLog] = {}
         self.frames = 0
         self.refused = 0  # frames of streams beyond MAX_STREAMS
         self.unrecorded_overlays = 0  # overlays of frames beyond MAX_SEGMENTS size changes
+
+    @staticmethod
+    def refuse_existing(out_dir: Path) -> None:
+        """A recording is never overwritten: a folder that holds one is refused (commands check before any work)."""
+        if (out_dir / INDEX).exists():
+            raise RecordError(f"{out_dir} already holds a recording ({INDEX}); choose another folder")
 
     def write(self, msg: FrameMessage) -> bool:
         """Record ``msg``; False (and counted in ``refused``) for a new stream beyond MAX_STREAMS: a flood of stream

@@ -28,7 +28,7 @@ from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, Selection, select_backend
-from pipeline.infer.staging import HostMirror, StageClock, ready
+from pipeline.infer.staging import HostMirror, StageClock, StaticInput, ready
 from pipeline.segment.render import RANDOM_STAMP, build_renderer
 
 Array = np.ndarray | torch.Tensor
@@ -77,10 +77,10 @@ class BoneSegmenter:
             batch = staging.shape[0]
             self.patches = torch.zeros((batch, *self.geometry.grid), dtype=torch.uint8, device=self.device)
             # the gray frames the overlay is drawn on: the engine's own input when it takes whole frames
-            self.frames = staging.input if self.geometry.on_device else torch.zeros((batch, *self.geometry.frame_size), dtype=torch.uint8, device=self.device)
-            self.host_frames = torch.zeros(tuple(self.frames.shape), dtype=torch.uint8, pin_memory=True) if staging.cuda and not self.geometry.on_device else None
-            self.render_mask = ready(lambda p: self.renderer(p), self.patches)
-            self.render_both = ready(lambda p, f: self.renderer(p, f), self.patches, self.frames)
+            self.frame_input = None if self.geometry.on_device else StaticInput(self.device, (batch, *self.geometry.frame_size))
+            self.frames = staging.input if self.frame_input is None else self.frame_input.tensor
+            self.render_mask = ready(self.renderer, self.patches)
+            self.render_both = ready(self.renderer, self.patches, self.frames)
         self.clock = StageClock(self.device, STAGES)
         self.mirror = HostMirror(self.device)
 
@@ -147,17 +147,17 @@ class BoneSegmenter:
                 )
             return frames, None
         names = list(names) if names is not None else [f"frame {i}" for i in range(len(frames))]
-        planes = g.planes(frames, names)
-        if overlay and not g.on_device:
-            return planes, np.stack([to_gray(f, n) for f, n in zip(frames, names)])
-        return planes, None
+        if overlay and not g.on_device:  # the overlay is drawn on the whole gray frame: make it once, plane from it
+            gray = [to_gray(f, n) for f, n in zip(frames, names)]
+            return g.planes(gray, names), np.stack(gray)
+        return g.planes(frames, names), None
 
     def _run(self, planes: Array, gray: Array | None, overlay: bool, tensors: bool) -> list[Prediction]:
         staging, clock = self.backend.staging, self.clock
         clock.mark(0)
         n = staging.upload(planes)
         if gray is not None:
-            self._upload_frames(gray, n)
+            self.frame_input.upload(gray)
         clock.mark(1)
         flags, margin = self.backend.compute(staging.input)[:2]
         self.patches.copy_(flags)
@@ -178,10 +178,3 @@ class BoneSegmenter:
             Prediction(flags_[i].bool() if tensors else flags_[i].astype(bool), margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings))
             for i in range(n)
         ]
-
-    def _upload_frames(self, gray: np.ndarray, n: int) -> None:
-        if self.host_frames is not None:
-            self.host_frames[:n].copy_(torch.from_numpy(gray))
-            self.frames[:n].copy_(self.host_frames[:n], non_blocking=True)
-        else:
-            self.frames[:n].copy_(torch.from_numpy(gray))
