@@ -31,7 +31,7 @@ from benchmarks.targets import EQUAL_LABELS, check_targets
 from calibration.calibrate import calibrate
 from calibration.reference import Reference
 from models.loader import load_model
-from models.preprocess import RESAMPLING, Geometry, detect_roi, parse_size
+from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, Geometry, detect_roi, parse_size
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
@@ -60,7 +60,7 @@ class BenchSettings:
     turn: int = 4  # frames per configuration per turn
     input_size: tuple[int, int] | None = (224, 224)  # None: the clip's own geometry (short side 224, aspect kept)
     stride: int = 8
-    resampling: str = "lanczos"  # host (OpenCV) or device (bilinear-aa, bicubic-aa) resampling
+    resampling: str = DEFAULT_RESAMPLING  # host (PIL/OpenCV) or device (bilinear-aa, bicubic-aa) resampling
     weights: str = "random:0"
     reference: str | None = None  # a reference file; None calibrates on calibration_frames of the clip
     calibration_frames: int = 4
@@ -269,7 +269,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=COUNT, help="warm-up batches per configuration (GPU 10, CPU 1)")
     p.add_argument("--turn", type=POSITIVE_INT, help="frames per configuration per turn (configurations alternate)")
     p.add_argument("--input-size", type=_input_size, help="model input HxW (default 224x224), or 'clip' for the clip's own geometry")
-    p.add_argument("--resampling", choices=RESAMPLING, help="lanczos (host, default) or a device resampling such as bilinear-aa")
+    p.add_argument("--resampling", choices=RESAMPLING, help=f"{DEFAULT_RESAMPLING} (host, default) or a device resampling such as bilinear-aa")
     p.add_argument("--stride", type=int, choices=(8, 4))
     p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
     p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")

@@ -33,6 +33,8 @@ class CalibrationSettings:
     heads: tuple[int, ...] | None = None  # None: all heads
     lowres_saliency: bool = False
     preset: str = "study"
+    remove_outliers: bool = False  # the original's option: frames unlike the others do not cluster or vote
+    outlier_threshold: float = 0.7  # cosine of a frame's CLS key to the mean CLS key below which it is an outlier
 
 
 PRESETS = {
@@ -60,31 +62,43 @@ def key_batches(
     names: Sequence[str],
     *,
     attention: bool = True,
+    cls: bool = False,
     batch_size: int = 4,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> Iterator[KeyOutput]:
-    """Keys (and CLS attention) of frames through ``geometry``, batch by batch, on ``device``: computed by the same
-    encoder the runtime engines are built from (uint8 planes in, normalisation in the graph), built there."""
+    """Keys (CLS attention, CLS key) of frames through ``geometry``, batch by batch, on ``device``: computed by the
+    same encoder the runtime engines are built from (uint8 planes in, normalisation in the graph), built there."""
     encoder = build_encoder(model, geometry, device)
     for start in tqdm(range(0, len(images), batch_size), desc="keys", unit="batch", disable=not progress):
         planes = geometry.planes(images[start : start + batch_size], names[start : start + batch_size])
         with torch.no_grad(), device_guard(device) as dev:  # entered per batch: nothing leaks into the caller between yields
-            out = encoder(torch.from_numpy(planes).to(dev), attention=attention)
+            out = encoder(torch.from_numpy(planes).to(dev), attention=attention, cls=cls)
         yield out
 
 
 def extract(
     model: DinoViT, geometry: Geometry, images: Sequence[np.ndarray], names: Sequence[str], *, attention: bool = True,
-    batch_size: int = 4, progress: bool = True, device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Keys (N x h x w x 384) and CLS attention (N x heads x h x w) of frames, in host memory."""
-    keys, att = [], []
-    for out in key_batches(model, geometry, images, names, attention=attention, batch_size=batch_size, progress=progress, device=device):
-        keys.append(out.keys.cpu().numpy())
-        if attention:
-            att.append(out.attention.cpu())
-    return np.concatenate(keys), (torch.cat(att).numpy() if attention else None)
+    cls: bool = False, batch_size: int = 4, progress: bool = True, device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Keys (N x h x w x 384), CLS attention (N x heads x h x w) and CLS keys (N x 384) of frames, in host memory;
+    the last two None unless asked for."""
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for out in key_batches(
+        model, geometry, images, names, attention=attention, cls=cls, batch_size=batch_size, progress=progress, device=device
+    ):
+        for store, t in zip(parts, (out.keys, out.attention, out.cls_key)):
+            if t is not None:
+                store.append(t.cpu().numpy())
+    keys, att, cls_keys = (np.concatenate(p) if p else None for p in parts)
+    return keys, att, cls_keys
+
+
+def find_outliers(cls_keys: np.ndarray, threshold: float) -> np.ndarray:
+    """Cosine of each frame's CLS key to the mean CLS key (the original's outlier test: inliers have >= threshold)."""
+    mean = cls_keys.mean(axis=0)
+    norms = np.maximum(np.linalg.norm(cls_keys, axis=1) * np.linalg.norm(mean), 1e-8)
+    return (cls_keys @ mean) / norms
 
 
 def _saliency(model: DinoViT, geometry: Geometry, images, names, attention, settings, progress, device) -> np.ndarray:
@@ -92,7 +106,7 @@ def _saliency(model: DinoViT, geometry: Geometry, images, names, attention, sett
         return saliency_maps(torch.from_numpy(attention), settings.heads)
     h, w = geometry.input_size
     half = replace(geometry, input_size=(max(geometry.patch, h // 2), max(geometry.patch, w // 2)), stride=geometry.patch)
-    _, low = extract(model, half, images, names, progress=progress, device=device)
+    _, low, _ = extract(model, half, images, names, progress=progress, device=device)
     return resize_nearest(saliency_maps(torch.from_numpy(low), settings.heads), geometry.grid)
 
 
@@ -124,15 +138,24 @@ def calibrate(
         raise BonestreamError("calibration needs at least one reference frame")
     if len(set(names)) != len(names):
         raise BonestreamError("calibration frame names must be unique")
-    keys, attention = extract(
-        model, geometry, images, names, attention=not settings.lowres_saliency, progress=progress, device=device
+    keys, attention, cls_keys = extract(
+        model, geometry, images, names, attention=not settings.lowres_saliency, cls=settings.remove_outliers,
+        progress=progress, device=device,
     )
+    recorded = asdict(settings)
+    if settings.remove_outliers:
+        cosine = find_outliers(cls_keys, settings.outlier_threshold)
+        keep = np.flatnonzero(cosine >= settings.outlier_threshold)
+        recorded["outliers"] = [{"frame": names[i], "cls_cosine": float(cosine[i])} for i in np.flatnonzero(cosine < settings.outlier_threshold)]
+        if keep.size == 0:
+            raise BonestreamError(f"outlier removal kept no frame (CLS cosines {np.round(cosine, 3).tolist()} all < {settings.outlier_threshold})")
+        images, names, keys = [images[i] for i in keep], [names[i] for i in keep], keys[keep]
+        attention = None if attention is None else attention[keep]
     n, gh, gw, dim = keys.shape
     clustering = cluster(list(keys.reshape(n, gh * gw, dim)), settings.kmeans)
     saliency = _saliency(model, geometry, images, names, attention, settings, progress, device)
     labels = clustering.labels.reshape(n, gh, gw)
     result = vote(list(labels), list(saliency), clustering.k, settings.voting)
-    recorded = asdict(settings)
     recorded["k_curve"] = [[k, m] for k, m in clustering.curve]
     recorded["k_chosen_by"] = clustering.chosen_by
     return Reference(

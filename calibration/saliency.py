@@ -28,5 +28,6 @@ def saliency_maps(attention: torch.Tensor, heads: Sequence[int] | None = ALL_HEA
 
 
 def resize_nearest(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Low-resolution saliency (original mode) onto the descriptor grid with nearest neighbour."""
-    return np.stack([cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_NEAREST) for m in maps])
+    """Low-resolution saliency (original mode) onto the descriptor grid with nearest neighbour. INTER_NEAREST_EXACT
+    picks the source cell of PIL's nearest (the original resizes with it); INTER_NEAREST differs in 13-24 % of cells."""
+    return np.stack([cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_NEAREST_EXACT) for m in maps])

@@ -101,10 +101,10 @@ class FixedGridViT(DinoViT):
             tokens = block(tokens)
         return tokens, self.grid
 
-    def encode(self, pixels: torch.Tensor, attention: bool = False) -> KeyOutput:
-        """B x 1 x H x W float32 pixels -> float32 keys (B x h x w x 384) and, on request, CLS attention."""
-        out = self(pixels, stride=self.stride, attention=attention)
-        return KeyOutput(out.keys.float(), None if out.attention is None else out.attention.float())
+    def encode(self, pixels: torch.Tensor, attention: bool = False, cls: bool = False) -> KeyOutput:
+        """B x 1 x H x W float32 pixels -> float32 keys (B x h x w x 384) and, on request, CLS attention and key."""
+        out = self(pixels, stride=self.stride, attention=attention, cls=cls)
+        return KeyOutput(*(None if t is None else t.float() for t in (out.keys, out.attention, out.cls_key)))
 
 
 class KeyEncoder(nn.Module):
@@ -115,8 +115,8 @@ class KeyEncoder(nn.Module):
         self.input = ModelInput(geometry)
         self.vit = FixedGridViT(source, geometry, dtype, device)
 
-    def forward(self, planes: torch.Tensor, attention: bool = False) -> KeyOutput:
-        return self.vit.encode(self.input(planes), attention)
+    def forward(self, planes: torch.Tensor, attention: bool = False, cls: bool = False) -> KeyOutput:
+        return self.vit.encode(self.input(planes), attention, cls)
 
 
 def build_encoder(source: DinoViT, geometry: Geometry, device: str | torch.device, dtype: torch.dtype = torch.float32) -> KeyEncoder:

@@ -13,10 +13,11 @@ graph (``models.encoder.ModelInput``). Normalisation always runs in the graph, f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from models.errors import FrameError, FrameSizeError
 from models.vit import grid_size
@@ -24,12 +25,27 @@ from models.weights import PATCH
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # applied in the graph (models.encoder), folded into the patch embedding
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HOST_RESAMPLING = {  # OpenCV on the host, uint8 in and out
-    "lanczos": cv2.INTER_LANCZOS4,  # the original extractor resizes with Lanczos
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "cubic": cv2.INTER_CUBIC,
+Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (uint8 image, (height, width)) -> uint8 image
+
+
+def _pil_lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    # What the original extractor's torchvision Resize does to a PIL image: Pillow's Lanczos, whose kernel widens
+    # with the scale (antialiased). Gray gives the same bytes as each channel of the RGB the original converts to.
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.LANCZOS))
+
+
+def _opencv(flag: int) -> Resize:
+    return lambda image, size: cv2.resize(image, (size[1], size[0]), interpolation=flag)
+
+
+HOST_RESAMPLING: dict[str, Resize] = {  # on the host, uint8 in and out, reproducible on any machine
+    "pil-lanczos": _pil_lanczos,  # equal to the original code's and the study's preprocessing
+    "lanczos": _opencv(cv2.INTER_LANCZOS4),  # OpenCV's Lanczos-4: a fixed 8x8 kernel, so it aliases when shrinking
+    "area": _opencv(cv2.INTER_AREA),
+    "linear": _opencv(cv2.INTER_LINEAR),
+    "cubic": _opencv(cv2.INTER_CUBIC),
 }
+DEFAULT_RESAMPLING = "pil-lanczos"
 DEVICE_RESAMPLING = {  # torch on the model's device, antialiased (F.interpolate(antialias=True)), float out
     "bilinear-aa": "bilinear",
     "bicubic-aa": "bicubic",
@@ -72,9 +88,14 @@ def detect_roi(images: Iterable[np.ndarray], threshold: float = 12.0, min_fill: 
     return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
-def fit_input_size(roi_size: tuple[int, int], short_side: int, patch: int = PATCH) -> tuple[int, int]:
-    """Model input (height, width) with the ROI's aspect ratio, short side as given, sides multiples of the patch."""
+def fit_input_size(roi_size: tuple[int, int], short_side: int, patch: int = PATCH, round_sides: bool = True) -> tuple[int, int]:
+    """Model input (height, width) with the ROI's aspect ratio and the short side as given. ``round_sides`` rounds
+    both sides to multiples of the patch (no pixel the conv would drop); otherwise the long side is truncated as
+    torchvision's ``Resize(int)`` does, the original code's rule (the conv then drops the remainder)."""
     h, w = roi_size
+    if not round_sides:
+        long = int(short_side * max(h, w) / min(h, w))
+        return (short_side, long) if h <= w else (long, short_side)
     scale = short_side / min(h, w)
     return tuple(max(patch, int(round(side * scale / patch)) * patch) for side in (h, w))  # type: ignore[return-value]
 
@@ -87,7 +108,7 @@ class Geometry:
     roi: tuple[int, int, int, int]
     input_size: tuple[int, int]
     stride: int = PATCH
-    resampling: str = "lanczos"
+    resampling: str = DEFAULT_RESAMPLING
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     patch: int = field(default=PATCH)
@@ -112,10 +133,11 @@ class Geometry:
         short_side: int = 224,
         input_size: tuple[int, int] | None = None,
         stride: int = PATCH,
-        resampling: str = "lanczos",
+        resampling: str = DEFAULT_RESAMPLING,
+        round_sides: bool = True,
     ) -> "Geometry":
         roi = roi or (0, 0, frame_size[0], frame_size[1])
-        size = input_size or fit_input_size((roi[2], roi[3]), short_side)
+        size = input_size or fit_input_size((roi[2], roi[3]), short_side, round_sides=round_sides)
         return cls(frame_size=tuple(frame_size), roi=tuple(roi), input_size=tuple(size), stride=stride, resampling=resampling)
 
     @property
@@ -150,31 +172,37 @@ class Geometry:
         if self.on_device:
             self.check_frame(image, where)
             return to_gray(image, where)
-        h, w = self.input_size
-        return cv2.resize(self.crop(image, where), (w, h), interpolation=HOST_RESAMPLING[self.resampling])
+        return HOST_RESAMPLING[self.resampling](self.crop(image, where), tuple(self.input_size))
 
     def planes(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
         """N x plane_size uint8, frames named in errors by ``names`` (default ``frame i``)."""
         names = names or [f"frame {i}" for i in range(len(images))]
         return np.stack([self.plane(image, name) for image, name in zip(images, names)])
 
-    def _nearest_patch(self, roi_len: int, input_len: int, grid_len: int) -> np.ndarray:
-        # Centre of ROI pixel i in model-input pixels, then the patch whose centre (j*stride + (patch-1)/2) is nearest.
-        centres = (np.arange(roi_len) + 0.5) * (input_len / roi_len) - 0.5
-        index = np.rint((centres - (self.patch - 1) / 2) / self.stride).astype(np.int64)
+    def _nearest_cell(self, length: int, input_len: int, grid_len: int, cell: int, step: int) -> np.ndarray:
+        # Centre of pixel i of a ``length``-long axis in model-input pixels, then the cell whose centre
+        # (j * step + (cell - 1) / 2) is nearest.
+        centres = (np.arange(length) + 0.5) * (input_len / length) - 0.5
+        index = np.rint((centres - (cell - 1) / 2) / step).astype(np.int64)
         return np.clip(index, 0, grid_len - 1)
 
-    def frame_lookup(self) -> tuple[np.ndarray, np.ndarray]:
-        """For every frame row and column, the patch row / column whose centre is nearest; ``grid`` (one past the
-        last patch) outside the ROI, so a patch map padded with one empty row and column maps onto the full frame
-        with two gathers."""
+    def frame_lookup(self, cells: str = "patch") -> tuple[np.ndarray, np.ndarray]:
+        """For every frame row and column, the patch (``cells="patch"``) or model-input pixel (``"pixel"``) row /
+        column whose centre is nearest; one past the last cell outside the ROI, so a map padded with one empty row
+        and column maps onto the full frame with two gathers."""
         top, left, rh, rw = self.roi
-        gh, gw = self.grid
+        (ih, iw), (gh, gw) = self.input_size, self.grid if cells == "patch" else self.input_size
+        cell, step = (self.patch, self.stride) if cells == "patch" else (1, 1)
         rows = np.full(self.frame_size[0], gh, np.int64)
         cols = np.full(self.frame_size[1], gw, np.int64)
-        rows[top : top + rh] = self._nearest_patch(rh, self.input_size[0], gh)
-        cols[left : left + rw] = self._nearest_patch(rw, self.input_size[1], gw)
+        rows[top : top + rh] = self._nearest_cell(rh, ih, gh, cell, step)
+        cols[left : left + rw] = self._nearest_cell(rw, iw, gw, cell, step)
         return rows, cols
+
+    def input_lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """For every model-input row and column, the patch row / column whose centre is nearest."""
+        (ih, iw), (gh, gw) = self.input_size, self.grid
+        return self._nearest_cell(ih, ih, gh, self.patch, self.stride), self._nearest_cell(iw, iw, gw, self.patch, self.stride)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -75,10 +75,12 @@ class PatchEmbed(nn.Module):
 @dataclass
 class KeyOutput:
     """keys: B x h x w x 384 (head index fastest, as in the original extractor);
-    attention: B x heads x h x w CLS-to-patch attention of the last block, or None."""
+    attention: B x heads x h x w CLS-to-patch attention of the last block, or None;
+    cls_key: B x 384 key of the CLS token (same layout), the frame descriptor of outlier removal, or None."""
 
     keys: torch.Tensor
     attention: torch.Tensor | None
+    cls_key: torch.Tensor | None = None
 
 
 def grid_size(height: int, width: int, stride: int, patch: int = PATCH) -> tuple[int, int]:
@@ -137,8 +139,8 @@ class DinoViT(nn.Module):
             tokens = block(tokens)
         return tokens, grid
 
-    def forward(self, x: torch.Tensor, stride: int = PATCH, attention: bool = False) -> KeyOutput:
-        """Last-block keys for a batch of preprocessed B x 3 x H x W images (and CLS attention on request)."""
+    def forward(self, x: torch.Tensor, stride: int = PATCH, attention: bool = False, cls: bool = False) -> KeyOutput:
+        """Last-block keys for a batch of preprocessed B x 3 x H x W images (CLS attention and CLS key on request)."""
         tokens, (gh, gw) = self.block_input(x, stride)
         last = self.blocks[-1]
         q, k, _ = last.attn.split_qkv(last.norm1(tokens))
@@ -149,4 +151,5 @@ class DinoViT(nn.Module):
             # Only the CLS query row is needed: softmax over all tokens, then keep the patch columns.
             logits = torch.einsum("bhd,bhtd->bht", q[:, :, 0], k) * last.attn.scale
             cls_attention = logits.softmax(dim=-1)[:, :, 1:].reshape(b, HEADS, gh, gw)
-        return KeyOutput(keys=keys, attention=cls_attention)
+        cls_key = k[:, :, 0].transpose(1, 2).reshape(b, EMBED_DIM) if cls else None
+        return KeyOutput(keys=keys, attention=cls_attention, cls_key=cls_key)

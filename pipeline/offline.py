@@ -13,14 +13,13 @@ from tqdm import tqdm
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.reference import Reference
 from models.errors import BonestreamError
-from models.preprocess import Geometry, parse_roi
+from models.preprocess import DEFAULT_RESAMPLING, Geometry, parse_roi
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame, Source
 from pipeline.capture.images import ImageSource
 from pipeline.capture.open import open_sources, sample_frames
 from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
-from pipeline.segment.segmenter import STAGES as FRAME_STAGES
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
@@ -33,7 +32,8 @@ class GeometryOptions:
     short_side: int = 224
     input_size: tuple[int, int] | None = None
     stride: int = 8
-    resampling: str = "lanczos"
+    resampling: str = DEFAULT_RESAMPLING
+    round_sides: bool = True  # False: the short side exactly, the long side truncated (the original's Resize(int))
 
     def build(self, frames: Sequence[Frame]) -> Geometry:
         sizes = {f.image.shape[:2] for f in frames}
@@ -42,8 +42,15 @@ class GeometryOptions:
             raise BonestreamError(f"reference frames differ in size ({detail}); calibrate one geometry at a time")
         images = [f.image for f in frames]
         return Geometry.fit(
-            sizes.pop(), parse_roi(self.roi, images), self.short_side, self.input_size, self.stride, self.resampling
+            sizes.pop(), parse_roi(self.roi, images), self.short_side, self.input_size, self.stride, self.resampling,
+            self.round_sides,
         )
+
+
+GEOMETRY_PRESETS = {  # calibration presets (calibration.calibrate.PRESETS) also fix how frames become model input
+    "study": GeometryOptions(),
+    "original": GeometryOptions(roi="full", stride=4, resampling="pil-lanczos", round_sides=False),
+}
 
 
 def calibrate_sources(
@@ -135,7 +142,7 @@ def segment_sources(
     started = time.time()
     for source in sources:
         _segment_source(seg, source, run, batch_size=batch_size, overlay=overlay, progress=progress)
-    stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("prepare", *FRAME_STAGES)}
+    stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("prepare", *seg.stages)}
     summary = {
         "frames": len(run.frames),
         "sources": run.sources,
@@ -145,6 +152,7 @@ def segment_sources(
         "geometry": seg.geometry.to_dict(),
         "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
         "batch_size": batch_size,
+        "refine": seg.refine,
         "wall_s": time.time() - started,
         "timings_ms": stages,
         "overlays": run.overlays,

@@ -95,7 +95,7 @@ def test_calibrate_then_label_reproduces_transductive_labels(model, random_ident
     for pred, expected in zip(predictions, fg_expected):
         np.testing.assert_array_equal(pred.patch_mask, expected)
         assert np.all((pred.margin > 0) == expected)
-    keys, _ = extract(model, ref.geometry, images, names, attention=False, progress=False)
+    keys, _, _ = extract(model, ref.geometry, images, names, attention=False, progress=False)
     labels = ref.labeller()(torch.from_numpy(keys))[0].numpy()
     np.testing.assert_array_equal(labels, ref.calibration_labels)
     # and the labels agree with faiss's own nearest-centroid search (the original's assignment)

@@ -97,7 +97,7 @@ def test_engines_from_one_deployment_share_no_storage_and_leave_it_untouched(mod
 
 
 def unfused_keys(model, geometry: Geometry, images: list[np.ndarray]) -> torch.Tensor:
-    """The former fp32 path, written out: OpenCV resize of the gray ROI, /255, ImageNet normalisation of the gray
+    """The former fp32 path, written out: the host resize of the gray ROI, /255, ImageNet normalisation of the gray
     replicated to three channels on the host, then the plain DinoViT."""
     top, left, h, w = geometry.roi
     mean = np.asarray(geometry.mean, np.float32)[:, None, None]
@@ -105,7 +105,7 @@ def unfused_keys(model, geometry: Geometry, images: list[np.ndarray]) -> torch.T
     batch = []
     for image in images:
         roi = image[top : top + h, left : left + w]
-        resized = cv2.resize(roi, geometry.input_size[::-1], interpolation=HOST_RESAMPLING[geometry.resampling]).astype(np.float32) / 255
+        resized = HOST_RESAMPLING[geometry.resampling](roi, geometry.input_size).astype(np.float32) / 255
         batch.append((resized[None] - mean) / std)
     with torch.inference_mode():
         return model(torch.from_numpy(np.stack(batch)), stride=geometry.stride).keys

@@ -7,6 +7,7 @@ import argparse
 from calibration.reference import Reference, ReferenceError
 from pipeline.infer.graph import PRECISIONS
 from pipeline.infer.select import CHOICES
+from pipeline.segment.refine import REFINEMENTS
 from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
@@ -31,6 +32,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def add_refine_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refine", choices=REFINEMENTS, default=None,
+        help="refine each mask with GrabCut on the host, as the original's last step (7x7 erosion bands, 5 iterations; "
+        "costs milliseconds per frame: see the README); default off",
+    )
+
+
 def weights_for(reference: Reference, requested: str | None) -> str | None:
     """Random references need the user to ask for random weights: never use them silently."""
     if requested is None and reference.is_random:
@@ -46,7 +55,7 @@ def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
     reference = Reference.load(args.reference)
     seg = BoneSegmenter.create(
         reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
-        batch=getattr(args, "batch_size", 1), progress=args.progress,
+        batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress,
     )
     print(seg.selection.describe())
     return seg

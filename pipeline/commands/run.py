@@ -14,7 +14,7 @@ from pathlib import Path
 from models.errors import BonestreamError
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
-from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
+from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
@@ -61,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")
     add_server_arguments(p)
     add_model_arguments(p)
+    add_refine_argument(p)
 
 
 def _open(args: argparse.Namespace):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.common import add_model_arguments, announce_weights, load_segmenter
+from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_output_dir
 from pipeline.offline import segment_sources
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="masks and summary only")
     add_model_arguments(p)
+    add_refine_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,15 +42,16 @@ def stamp_image(text: str, frame_width: int) -> np.ndarray:
 
 
 class MaskRenderer(nn.Module):
-    """(B x h x w patch flags, B x H x W gray frames) -> B x H x W mask (0/255) and B x H x W x 3 RGB overlay.
+    """(B x h x w patch flags, B x H x W gray frames) -> B x H x W mask (0/255) and B x H x W x 3 RGB overlay. With
+    ``cells="pixel"`` the flags are a mask at model-input resolution (a refined mask) instead of a patch map.
 
-    The mask is piecewise constant over patch cells, so the bone outline (bone pixels with a background
+    The mask is piecewise constant over cells, so the bone outline (bone pixels with a background
     4-neighbour) is found on the column-gathered map (left, right) and by gathering the rows above and below
     (up, down): whole-row copies and a few uint8 operations instead of an erosion at full resolution."""
 
-    def __init__(self, geometry: Geometry, stamp: str | None, device: torch.device) -> None:
+    def __init__(self, geometry: Geometry, stamp: str | None, device: torch.device, cells: str = "patch") -> None:
         super().__init__()
-        rows, cols = geometry.frame_lookup()
+        rows, cols = geometry.frame_lookup(cells)
         up = np.concatenate([rows[:1], rows[:-1]])  # the frame's edge counts as its own neighbour: no outline there
         down = np.concatenate([rows[1:], rows[-1:]])
         for name, index in (("rows", rows), ("up", up), ("down", down), ("cols", cols)):
@@ -78,5 +79,5 @@ class MaskRenderer(nn.Module):
         return bone * 255, overlay
 
 
-def build_renderer(geometry: Geometry, stamp: str | None, device: str | torch.device) -> MaskRenderer:
-    return build_on(device, lambda dev: MaskRenderer(geometry, stamp, dev))
+def build_renderer(geometry: Geometry, stamp: str | None, device: str | torch.device, cells: str = "patch") -> MaskRenderer:
+    return build_on(device, lambda dev: MaskRenderer(geometry, stamp, dev, cells))

@@ -29,6 +29,7 @@ from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, Selection, select_backend
 from pipeline.infer.staging import HostMirror, StageClock, StaticInput, ready
+from pipeline.segment.refine import REFINEMENTS, GrabCutRefiner
 from pipeline.segment.render import RANDOM_STAMP, build_renderer
 
 Array = np.ndarray | torch.Tensor
@@ -62,7 +63,7 @@ class BoneSegmenter:
 
     selection: Selection | None = None  # how create() chose the backend (auto's timings and fallbacks)
 
-    def __init__(self, reference: Reference, backend: Backend, weights: WeightsIdentity) -> None:
+    def __init__(self, reference: Reference, backend: Backend, weights: WeightsIdentity, refine: str | None = None) -> None:
         reference.check_weights(weights.label)
         if getattr(backend, "outputs", "fused") != "fused":
             raise ValueError(f"a segmenter needs a fused engine (mask and margin), not a {backend.outputs!r} one")
@@ -70,18 +71,25 @@ class BoneSegmenter:
         self.geometry = reference.geometry
         self.backend = backend
         self.weights = weights
+        if refine not in (None, *REFINEMENTS):
+            raise ValueError(f"refinement {refine!r} is not one of {', '.join(REFINEMENTS)}")
+        self.refine = refine
+        self.refiner = GrabCutRefiner(self.geometry) if refine else None
+        self.stages = STAGES if refine is None else (*STAGES[:2], "refine", *STAGES[2:])
         staging = backend.staging
         self.device = staging.device
         with device_guard(self.device):
-            self.renderer = build_renderer(self.geometry, RANDOM_STAMP if weights.is_random else None, self.device)
+            cells = "patch" if refine is None else "pixel"
+            self.renderer = build_renderer(self.geometry, RANDOM_STAMP if weights.is_random else None, self.device, cells)
             batch = staging.shape[0]
-            self.patches = torch.zeros((batch, *self.geometry.grid), dtype=torch.uint8, device=self.device)
+            grid = self.geometry.grid if refine is None else self.geometry.input_size
+            self.patches = torch.zeros((batch, *grid), dtype=torch.uint8, device=self.device)  # what the renderer maps
             # the gray frames the overlay is drawn on: the engine's own input when it takes whole frames
             self.frame_input = None if self.geometry.on_device else StaticInput(self.device, (batch, *self.geometry.frame_size))
             self.frames = staging.input if self.frame_input is None else self.frame_input.tensor
             self.render_mask = ready(self.renderer, self.patches)
             self.render_both = ready(self.renderer, self.patches, self.frames)
-        self.clock = StageClock(self.device, STAGES)
+        self.clock = StageClock(self.device, self.stages)
         self.mirror = HostMirror(self.device)
 
     @classmethod
@@ -94,18 +102,20 @@ class BoneSegmenter:
         precision: str = "fp32",
         backend: str = "torch",
         batch: int = 1,
+        refine: str | None = None,
         cache: EngineCache | None = None,
         allow_download: bool = True,
         progress: bool = True,
     ) -> "BoneSegmenter":
         """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
-        every fallback reported in ``selection``); ``batch`` is the engines' static batch size. Everything is
-        built, warmed up and (on CUDA) captured here, before any frame."""
+        every fallback reported in ``selection``); ``batch`` is the engines' static batch size; ``refine="grabcut"``
+        refines each mask on the host (pipeline.segment.refine). Everything is built, warmed up and (on CUDA)
+        captured here, before any frame."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         model, identity = load_model(weights, allow_download=allow_download, progress=progress)
         deployment = Deployment.from_reference(model, identity.label, ref)
         selection = select_backend(BackendSpec(backend, device, precision, batch), deployment, cache)
-        segmenter = cls(ref, selection.backend, identity)
+        segmenter = cls(ref, selection.backend, identity, refine)
         segmenter.selection = selection
         return segmenter
 
@@ -160,16 +170,24 @@ class BoneSegmenter:
             self.frame_input.upload(gray)
         clock.mark(1)
         flags, margin = self.backend.compute(staging.input)[:2]
-        self.patches.copy_(flags)
-        clock.mark(2)
+        step = 2
+        if self.refiner is None:
+            self.patches.copy_(flags)
+        else:
+            clock.mark(step)
+            step += 1
+            host_planes = planes.cpu().numpy() if isinstance(planes, torch.Tensor) else planes
+            refined = self.refiner(host_planes[:n], flags[:n].cpu().numpy())
+            self.patches[:n].copy_(torch.from_numpy(refined))
+        clock.mark(step)
         rendered = self.render_both(self.patches, self.frames) if overlay else self.render_mask(self.patches)
-        clock.mark(3)
+        clock.mark(step + 1)
         if tensors:
             with torch.inference_mode(False):  # ordinary tensors: the caller may write to them or track gradients
                 results = [t[:n].clone() for t in (flags, margin, *rendered)]
         else:
             results = [self.mirror.start(i, t) for i, t in enumerate((flags, margin, *rendered))]
-        clock.mark(4)
+        clock.mark(step + 2)
         timings = {k: v / n for k, v in clock.elapsed_ms().items()}
         if not tensors:
             results = [HostMirror.numpy(t, n) for t in results]
