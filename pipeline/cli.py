@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bonestream {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a disk that is full or read-only, a file that vanished: the file named, no traceback
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bonestream {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"bonestream {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,8 @@ from array import array
 from collections import deque
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
+from pipeline.publish.files import no_room
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -104,7 +106,8 @@ class SinkWorker(Generic[T]):
     ``lossless``: the producer waits for room, at most ``put_timeout`` s; an output that let that pass is stalled
     and its frames are dropped without waiting until it takes one again, so a dead consumer costs one timeout, not
     one per frame. Otherwise the oldest queued item is dropped. Once ``abort`` is set nothing waits at all.
-    ``on_written`` runs on this worker after each successful write."""
+    An output whose disk is full stops (one line) rather than failing every later frame with the same error; those
+    frames are counted as failed. ``on_written`` runs on this worker after each successful write."""
 
     def __init__(
         self, sink: Sink[T], *, capacity: int, lossless: bool, frame_id: Callable[[Any], int], put_timeout: float = 30.0,
@@ -121,6 +124,7 @@ class SinkWorker(Generic[T]):
         self.written = 0
         self.failed: list[tuple[int, str]] = []  # (frame id, error)
         self._stalled = False
+        self._stopped: str | None = None  # why the output takes no more writes (its disk is full)
         self._lock = threading.Lock()  # the worker's bookkeeping against close() giving up on it
         self._abandoned = False
         self._current: int | None = None
@@ -151,12 +155,17 @@ class SinkWorker(Generic[T]):
                 if self._abandoned:
                     return
                 self._current = self.frame_id(item)
-            error = None
-            try:
-                self.sink.write(item)
-            except Exception as exc:  # one output's failure is its own: the others and the run go on
-                error = f"{exc.__class__.__name__}: {exc}"
-                log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
+            error = self._stopped
+            if error is None:
+                try:
+                    self.sink.write(item)
+                except Exception as exc:  # one output's failure is its own: the others and the run go on
+                    error = f"{exc.__class__.__name__}: {exc}"
+                    if no_room(exc) or no_room(exc.__context__):
+                        self._stopped = f"stopped: no room on disk since frame {self.frame_id(item)}"
+                        log.error("output %s stopped: %s; what it wrote stays readable, its later frames count as failed", self.name, exc)
+                    else:
+                        log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
             with self._lock:
                 if self._abandoned:  # close() gave up on this write and already counted it as failed
                     return

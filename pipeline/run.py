@@ -16,6 +16,7 @@ import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
@@ -30,6 +31,22 @@ from pipeline.segment.segmenter import BoneSegmenter, Prediction
 log = logging.getLogger(__name__)
 
 _END = object()
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5,9"``: every id, compactly."""
+    spans: list[list[int]] = []
+    for i in ids:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _by_error(failed: Sequence[tuple[int, str]]) -> list[tuple[str, list[int]]]:
+    """Failures grouped by consecutive equal errors: a full disk is one line, not one per frame."""
+    return [(error, [i for i, _ in run]) for error, run in groupby(failed, key=lambda f: f[1])]
 
 
 @dataclass
@@ -326,7 +343,10 @@ class Pipeline:
         for w in self.workers:
             lost.update(w.dropped)
             lost.update(i for i, _ in w.failed)
-            self.summary.output_errors += [f"{w.name} frame {i}: {error}" for i, error in w.failed]
+            self.summary.output_errors += [
+                f"{w.name} {'frame' if len(ids) == 1 else 'frames'} {id_ranges(ids)}: {error}"
+                for error, ids in _by_error(w.failed)
+            ]
             self.summary.outputs[w.name] = {"written": w.written, "dropped": len(w.dropped), "failed": len(w.failed)}
         self.summary.published = self.summary.processed - len(lost)
 

@@ -132,3 +132,9 @@ def test_latency_report_json_and_png(tmp_path: Path) -> None:
     assert json.loads(json_path.read_text())["device"] == "test"
     image = cv2.imread(str(png_path))
     assert image is not None and image.shape[0] > 200
+
+
+def test_id_ranges_name_every_id() -> None:
+    from pipeline.run import id_ranges
+
+    assert id_ranges([3, 4, 5, 9, 11, 12]) == "3-5,9,11-12" and id_ranges([7]) == "7" and id_ranges([]) == ""

@@ -12,7 +12,7 @@ from calibration.voting import VoteSettings
 from models.loader import load_model
 from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, parse_size
 from pipeline.commands.common import add_model_arguments, announce_weights
-from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
+from pipeline.commands.numbers import FRACTION, POSITIVE_INT, heads, number
 from pipeline.commands.paths import check_output_file
 from pipeline.offline import GEOMETRY_PRESETS, GeometryOptions, calibrate_sources
 
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=number(int, 1, 64), default=None, help="fixed number of clusters (default: elbow rule)")
     p.add_argument("--tau", type=number(float, 0, 1), default=None, help="saliency threshold (overrides the preset)")
     p.add_argument("--votes", type=FRACTION, default=None, help="fraction of frames that must vote (overrides the preset)")
-    p.add_argument("--heads", default=None, help="attention heads for saliency: all, or e.g. 0,2,4,5")
+    p.add_argument("--heads", type=heads, default=None, help="attention heads for saliency: all, or e.g. 0,2,4,5 (default: the preset's)")
     p.add_argument(
         "--remove-outliers", action="store_true",
         help="leave out of clustering and voting the frames whose CLS key has a cosine to the mean CLS key below "
@@ -69,10 +69,10 @@ def settings_from(args: argparse.Namespace) -> CalibrationSettings:
         fraction=base.voting.fraction if args.votes is None else args.votes,
         strict=base.voting.strict,
     )
-    heads = base.heads if args.heads is None else (None if args.heads == "all" else tuple(int(h) for h in args.heads.split(",")))
+    chosen = base.heads if args.heads is None else (None if args.heads == "all" else args.heads)
     kmeans = KMeansSettings(k=args.k, sample_interval=args.sample_interval)
     return CalibrationSettings(
-        kmeans=kmeans, voting=voting, heads=heads, lowres_saliency=base.lowres_saliency, preset=args.preset,
+        kmeans=kmeans, voting=voting, heads=chosen, lowres_saliency=base.lowres_saliency, preset=args.preset,
         remove_outliers=args.remove_outliers, outlier_threshold=args.outlier_threshold,
     )
 

@@ -6,6 +6,8 @@ import argparse
 import math
 from typing import Callable
 
+from models.weights import HEADS
+
 
 def number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False) -> Callable[[str], float]:
     """An argparse type: ``kind`` (int or float), finite, >= ``minimum`` (> with ``above``), <= ``maximum``."""
@@ -30,3 +32,14 @@ COUNT = number(int, 0, 10**9)  # 0 allowed (none, or off)
 POSITIVE = number(float, 0, above=True)
 SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)
+
+
+def heads(text: str) -> tuple[int, ...] | str:
+    """``all`` or distinct attention head indices such as ``0,2,4,5``."""
+    if text == "all":
+        return text
+    parse = number(int, 0, HEADS - 1)
+    values = tuple(parse(part.strip()) for part in text.split(","))
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} names a head twice")
+    return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,6 +18,19 @@ _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by se
 os.umask(_UMASK)
 
 
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # full disk, quota, file size limit
+
+
+def no_room(exc: BaseException) -> bool:
+    """True for a write the file system refused for lack of room: retrying the next frame would fail the same way."""
+    return isinstance(exc, OSError) and exc.errno in NO_ROOM
+
+
+def named(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file when it names none (a failed write() does not), for one clear line."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder and a rename, so no reader ever sees half a file."""
     path = Path(path)
@@ -27,6 +41,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished output gets the permissions any file would
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise named(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,6 +75,7 @@ class VideoWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.fragmented = fragmented
         options = {"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"} if fragmented else {}
         self._container = av.open(str(self._tmp), mode="w", format="mp4", options=options)
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
@@ -77,24 +95,33 @@ class VideoWriter:
             rgb = np.pad(rgb, ((0, self._size[0] - h), (0, self._size[1] - w), (0, 0)))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self.frames
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except OSError as exc:
+            raise named(exc, self._tmp) from None
         self.frames += 1
 
     def close(self) -> None:
-        """Flush the encoder and publish the file (an empty video is discarded)."""
+        """Flush the encoder and publish the file (an empty video is discarded). When that fails (a full disk) a
+        fragmented video stays as ``.partial``, playable up to its last complete fragment; another is removed."""
         if self._container is None:
             return
+        container, self._container = self._container, None
         try:
             if self.frames:
                 for packet in self._stream.encode():
-                    self._container.mux(packet)
-            self._container.close()
+                    container.mux(packet)
+            container.close()
             if self.frames:
                 os.replace(self._tmp, self.path)
+        except OSError as exc:
+            if not self.fragmented:
+                self._tmp.unlink(missing_ok=True)
+            raise named(exc, self._tmp) from None
         finally:
-            self._container = None
-            self._tmp.unlink(missing_ok=True)
+            if not self.frames:
+                self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -20,6 +20,7 @@ the index lists with a ``video_frame``.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from models.errors import BonestreamError
 from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
 from pipeline.publish.message import FrameMessage
 
-
+log = logging.getLogger(__name__)
 INDEX = "index.jsonl"
 MAX_STREAMS = 64  # streams one recording takes; frames of further streams are refused and counted
 MAX_SEGMENTS = 32  # video segments per stream (one per frame-size change); overlays beyond are counted, not recorded
@@ -86,7 +87,17 @@ class Recorder:
 
     def write(self, msg: FrameMessage) -> bool:
         """Record ``msg``; False (and counted in ``refused``) for a new stream beyond MAX_STREAMS: a flood of stream
-        ids cannot open files without bound."""
+        ids cannot open files without bound. A write the disk refuses (full, quota) is a RecordError naming the file:
+        the frames recorded before it stay on disk, listed in the index, their video playable."""
+        try:
+            return self._write(msg)
+        except OSError as exc:
+            raise RecordError(
+                f"{exc.strerror}: {exc.filename}: recording of frame {msg.frame_id} ({msg.stream_id}) failed after "
+                f"{self.frames} frames; {INDEX} lists every frame on disk and the videos play up to them"
+            ) from None
+
+    def _write(self, msg: FrameMessage) -> bool:
         log = self._streams.get(msg.stream_id)
         if log is None:
             if len(self._streams) >= MAX_STREAMS:
@@ -124,18 +135,27 @@ class Recorder:
         return {"frames": self.frames, "refused_streams_frames": self.refused, "unrecorded_overlays": self.unrecorded_overlays, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
 
     def close(self) -> None:
-        """Finalise every video and the index (each even if another fails), then write recording.json."""
+        """Finalise every video and the index (each even if another fails), then write recording.json. On a full
+        disk that is a RecordError; what could not be finalised stays as written (see the module docstring)."""
         if self._index.closed:
             return
-        with ExitStack() as stack:
-            stack.callback(self._index.close)
-            for log in self._streams.values():
-                for video in log.videos:
-                    stack.callback(video.close)
-        write_json_atomic(self.out_dir / "recording.json", self.summary())
+        try:
+            with ExitStack() as stack:
+                stack.callback(self._index.close)
+                for log in self._streams.values():
+                    for video in log.videos:
+                        stack.callback(video.close)
+            write_json_atomic(self.out_dir / "recording.json", self.summary())
+        except OSError as exc:
+            raise RecordError(f"{exc.strerror}: {exc.filename}: the recording could not be finalised; {INDEX} lists every frame on disk") from None
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except RecordError as error:
+            if exc_type is None:
+                raise
+            log.debug("%s", error)  # the error already on its way out is the one line to report
