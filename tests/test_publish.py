@@ -138,6 +138,30 @@ def test_malformed_messages_are_counted_and_survived():
         ctx.term()
 
 
+def test_an_oversized_message_costs_a_reconnect_and_is_counted_never_the_subscription():
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.XPUB)
+    try:
+        port = raw.bind_to_random_port("tcp://127.0.0.1")
+        with Subscriber(f"tcp://127.0.0.1:{port}", max_bytes=64 * 1024) as sub:
+            assert raw.poll(5000) and raw.recv() == b"\x01bonestream/"
+            raw.send_multipart(make_message(0).encode())
+            assert sub.recv(timeout=5).frame_id == 0
+            raw.send_multipart(make_message(1, size=(512, 512)).encode())  # a 256 KiB mask part: over the limit
+            deadline, later = time.monotonic() + 20, None
+            frame_id = 2
+            while later is None and time.monotonic() < deadline:  # the publisher streams on; the subscriber reconnects
+                raw.send_multipart(make_message(frame_id).encode())
+                frame_id += 1
+                later = sub.recv(timeout=0.05)
+            assert later is not None and later.frame_id >= 2
+            counts = sub.counters()
+            assert counts["disconnects"] >= 1 and counts["missed"] == later.frame_id - 1 and counts["malformed"] == 0
+    finally:
+        raw.close(0)
+        ctx.term()
+
+
 @pytest.mark.parametrize(
     "address, local",
     [("tcp://127.0.0.1:5555", True), ("tcp://127.8.9.10:1", True), ("tcp://[::1]:5555", True), ("tcp://localhost:5555", True),

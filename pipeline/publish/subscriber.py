@@ -5,9 +5,12 @@
 
 Counters: ``received`` frames returned; ``skipped`` complete frames passed over by ``latest`` for a newer
 one; ``missed`` frames the sender published that never arrived (gaps in ``frame_id``: the publisher's
-per-subscriber queue was full); ``malformed`` messages that failed validation (dropped, never raised).
-ZeroMQ reconnects on its own (every 100 ms) when the publisher restarts; frame ids that start again
-from a lower value are taken as such a restart, not as a loss.
+per-subscriber queue was full); ``malformed`` messages that failed validation (dropped, never raised);
+``disconnects`` connections lost: the publisher went away, or sent a part larger than ``max_bytes`` (libzmq
+drops such a peer before anything is allocated and, that being a protocol error, never reconnects to it). ZeroMQ
+reconnects by itself after an ordinary loss (every 100 ms); a connection that libzmq gave up on (no reconnect
+attempt within ``REVIVE_S``) is made again here, so no message can silence a subscriber. Frames lost meanwhile show
+up as ``missed``; frame ids that start again from a lower value are a restart, not a loss.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.publish.curve import CurveClientConfig
 from pipeline.publish.message import DEFAULT_MAX_BYTES, TOPIC_PREFIX, FrameMessage, MessageError, decode, decode_header, topic
@@ -23,6 +27,8 @@ from pipeline.publish.transport import Peer
 RECONNECT_MS = 100
 MAX_DRAIN = 256  # latest() returns even when frames arrive as fast as it can read them
 MAX_STREAMS = 1024  # streams whose last frame id is remembered (the oldest is forgotten): a flood of ids is bounded
+REVIVE_S = 1.0  # a lost connection without a reconnect attempt for this long is made again by the subscriber
+CONNECTION_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECT_RETRIED
 MAX_GAP = 100_000  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
 NO_FRAMES_HINT = "check the address and --stream; an encrypted publisher also needs --curve-client and --curve-server"
 
@@ -55,7 +61,12 @@ class Subscriber(Peer):
         self.stream_id = stream_id
         self.conflate_latest = conflate_latest
         self.max_bytes = max_bytes
-        self.received = self.skipped = self.missed = self.malformed = 0
+        self.received = self.skipped = self.missed = self.malformed = self.disconnects = 0
+        self._monitor = self.socket.get_monitor_socket(CONNECTION_EVENTS)  # closed with the context
+        self._lost_at: float | None = None  # when the connection was lost, until libzmq (or we) reconnect
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self.jumps = 0  # frame ids that went back, or forward by more than MAX_GAP: a new sequence, counted once
         self._last_ids: dict[str, int] = {}
 
@@ -70,7 +81,7 @@ class Subscriber(Peer):
 
     def counters(self) -> dict[str, int]:
         counts = {"received": self.received, "skipped": self.skipped, "missed": self.missed, "malformed": self.malformed}
-        return counts | ({"jumps": self.jumps} if self.jumps else {})
+        return counts | {name: getattr(self, name) for name in ("jumps", "disconnects") if getattr(self, name)}
 
     def _receive(self, timeout: float | None, drain: bool) -> FrameMessage | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -93,10 +104,29 @@ class Subscriber(Peer):
         return None
 
     def _recv_raw(self, deadline: float | None) -> Received | None:
-        timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        if not self.socket.poll(timeout_ms, zmq.POLLIN):
-            return None
-        return time.monotonic_ns(), self.socket.recv_multipart()
+        while True:
+            wakes = [t for t in (deadline, None if self._lost_at is None else self._lost_at + REVIVE_S) if t is not None]
+            timeout_ms = max(0, int((min(wakes) - time.monotonic()) * 1000)) if wakes else None
+            ready = dict(self._poller.poll(timeout_ms))
+            self._watch_connection()
+            if self.socket in ready:
+                return time.monotonic_ns(), self.socket.recv_multipart()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _watch_connection(self) -> None:
+        """Count lost connections; connect again where libzmq made no attempt within REVIVE_S (it gave up)."""
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                self._lost_at = time.monotonic()
+            else:  # libzmq is reconnecting (or has): leave it to it, a second connection would duplicate frames
+                self._lost_at = None
+        if self._lost_at is not None and time.monotonic() - self._lost_at >= REVIVE_S:
+            self._lost_at = None
+            self.socket.disconnect(self.address)  # the endpoint is still registered, its session dead: replace it
+            self.socket.connect(self.address)
 
     def _drain(self) -> list[Received]:
         batch = []
