@@ -94,9 +94,13 @@ class FixedGridViT(DinoViT):
             raise ValueError(f"this model was built for the patch grid {self.grid}, not {tuple(grid)}")
         return self.table
 
-    def block_input(self, x: torch.Tensor, stride: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the first block: CLS, then the patch embeddings, plus the positional table."""
         tokens = self.patch_embed(x, self.stride).to(self.dtype)
-        tokens = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), tokens), dim=1) + self.table
+        return torch.cat((self.cls_token.expand(x.shape[0], -1, -1), tokens), dim=1) + self.table
+
+    def block_input(self, x: torch.Tensor, stride: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens = self.embed(x)
         for block in self.blocks[:-1]:
             tokens = block(tokens)
         return tokens, self.grid

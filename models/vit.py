@@ -83,6 +83,18 @@ class KeyOutput:
     cls_key: torch.Tensor | None = None
 
 
+def patch_descriptors(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """B x heads x tokens x head_dim (CLS first) -> B x h x w x 384 patch descriptors, head index fastest."""
+    return x[:, :, 1:].permute(0, 2, 3, 1).reshape(x.shape[0], grid[0], grid[1], EMBED_DIM)
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, grid: tuple[int, int]) -> torch.Tensor:
+    """B x heads x h x w CLS-to-patch attention: only the CLS query row is needed (softmax over all tokens, CLS
+    included, then the patch columns kept)."""
+    logits = torch.einsum("bhd,bhtd->bht", q[:, :, 0], k) * scale
+    return logits.softmax(dim=-1)[:, :, 1:].reshape(q.shape[0], HEADS, grid[0], grid[1])
+
+
 def grid_size(height: int, width: int, stride: int, patch: int = PATCH) -> tuple[int, int]:
     """Patch grid of a height x width input: 1 + (side - patch) // stride per axis."""
     if stride <= 0 or patch % stride:
@@ -144,12 +156,6 @@ class DinoViT(nn.Module):
         tokens, (gh, gw) = self.block_input(x, stride)
         last = self.blocks[-1]
         q, k, _ = last.attn.split_qkv(last.norm1(tokens))
-        b = x.shape[0]
-        keys = k[:, :, 1:].permute(0, 2, 3, 1).reshape(b, gh, gw, EMBED_DIM)
-        cls_attention = None
-        if attention:
-            # Only the CLS query row is needed: softmax over all tokens, then keep the patch columns.
-            logits = torch.einsum("bhd,bhtd->bht", q[:, :, 0], k) * last.attn.scale
-            cls_attention = logits.softmax(dim=-1)[:, :, 1:].reshape(b, HEADS, gh, gw)
-        cls_key = k[:, :, 0].transpose(1, 2).reshape(b, EMBED_DIM) if cls else None
-        return KeyOutput(keys=keys, attention=cls_attention, cls_key=cls_key)
+        keys = patch_descriptors(k, (gh, gw))
+        cls_key = k[:, :, 0].transpose(1, 2).reshape(x.shape[0], EMBED_DIM) if cls else None
+        return KeyOutput(keys, cls_attention(q, k, last.attn.scale, (gh, gw)) if attention else None, cls_key)

@@ -21,6 +21,7 @@ COMMANDS = {
     "keys": "create a CURVE key pair for encrypted streams",
     "export": "build inference engines ahead of time, each checked against fp32 torch on the calibration frames",
     "bench": "latency and throughput of backends x precisions x batch sizes side by side, with plots",
+    "analyze": "the study's feature analyses: facet PCA images, CLS attention maps, truth scatter, contact sheets",
 }
 
 

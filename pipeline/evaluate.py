@@ -138,7 +138,7 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path) -> EvaluationReport:
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     mask_dir = pred_dir / "masks" if (pred_dir / "masks").is_dir() else pred_dir
-    preds, truths = _images_by_stem(mask_dir), _images_by_stem(truth_dir)
+    preds, truths = images_by_stem(mask_dir), images_by_stem(truth_dir)
     if not truths:
         raise EvaluationError(f"no truth images in {truth_dir}")
     if not preds:
@@ -149,7 +149,7 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path) -> EvaluationReport:
         raise EvaluationError(f"no prediction in {mask_dir} for truth image(s): {shown}")
     scores = []
     for stem in sorted(truths):
-        pred, truth = _read_mask(preds[stem]), _read_mask(truths[stem])
+        pred, truth = read_mask(preds[stem]), read_mask(truths[stem])
         if pred.shape != truth.shape:
             raise EvaluationError(
                 f"size mismatch for {stem}: prediction {preds[stem]} is {pred.shape}, "
@@ -169,7 +169,8 @@ def _dice_iou(inter: int, n_pred: int, n_truth: int) -> tuple[float, float]:
     return 2.0 * inter / (n_pred + n_truth), inter / (n_pred + n_truth - inter)
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """The image files of a folder by file stem, the name masks are matched on (a repeated stem is an error)."""
     if not folder.is_dir():
         raise EvaluationError(f"not a folder: {folder}")
     found: dict[str, Path] = {}
@@ -181,7 +182,7 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path) -> np.ndarray:
     """Read a mask at its native depth; a colour mask is foreground where any colour channel is."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:

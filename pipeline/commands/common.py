@@ -16,9 +16,16 @@ WEIGHTS_HELP = (
 )
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    """Weights, device and progress: what every command that runs the ViT takes."""
     p.add_argument("--weights", default=None, metavar="SPEC", help=WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Weights, device and progress, and the engine that labels frames (backend, precision)."""
+    add_weights_arguments(p)
     p.add_argument(
         "--backend", choices=CHOICES, default="torch",
         help="inference backend for labelling frames (default torch); auto times every backend that runs here, keeps the "
@@ -29,7 +36,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); LayerNorm and labelling stay "
         "fp32; check reduced-precision engines with `bonestream export` first",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def add_refine_argument(p: argparse.ArgumentParser) -> None:
