@@ -33,14 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, globs, videos or phantom[:N]")
     p.add_argument("--out", required=True, help="reference file to write (JSON)")
     p.add_argument("--count", type=POSITIVE_INT, default=None, help="frames evenly spread over each source (default: all images, 10 per video)")
+    add_calibration_arguments(p)
+    add_geometry_arguments(p)
+    add_model_arguments(p)
+
+
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """The options settings_from reads, shared with `bonestream experiment`."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="study", help="study: tau 0.2 >=, 65%%, all heads; original: 0.065 >, 75%%, heads 0,2,4,5, low-res saliency")
     p.add_argument("--k", type=number(int, 1, 64), default=None, help="fixed number of clusters (default: elbow rule)")
     p.add_argument("--tau", type=number(float, 0, 1), default=None, help="saliency threshold (overrides the preset)")
     p.add_argument("--votes", type=FRACTION, default=None, help="fraction of frames that must vote (overrides the preset)")
     p.add_argument("--heads", default=None, help="attention heads for saliency: all, or e.g. 0,2,4,5")
     p.add_argument("--sample-interval", type=POSITIVE_INT, default=100, help="every n-th descriptor of a frame trains k-means (default 100)")
-    add_geometry_arguments(p)
-    add_model_arguments(p)
 
 
 def settings_from(args: argparse.Namespace) -> CalibrationSettings:

@@ -30,3 +30,16 @@ COUNT = number(int, 0, 10**9)  # 0 allowed (none, or off)
 POSITIVE = number(float, 0, above=True)
 SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)
+
+
+def listed(parse: Callable[[str], float]) -> Callable[[str], list]:
+    """An argparse type for a comma-separated list, each item checked by ``parse``."""
+
+    def parse_list(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+        return [parse(item) for item in items]
+
+    parse_list.__name__ = "list"
+    return parse_list
