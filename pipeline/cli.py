@@ -13,7 +13,8 @@ from models.errors import BonestreamError
 COMMANDS = {
     "calibrate": "fit centroids and bone votes on reference frames, write a reference file",
     "segment": "label every frame of images, folders or videos: masks, overlays, summary.json",
-    "evaluate": "Dice and IoU of predicted masks against ground truth masks",
+    "evaluate": "Dice and IoU of predicted masks against ground truth masks (and surface distances for surface truth)",
+    "experiment": "the study's experiments (reference-set sizes, cross-domain pairs, additive noise) with Dice/IoU",
     "demo": "calibrate on the bundled synthetic phantom and write an overlay video (works offline)",
     "run": "stream: capture -> keys -> labels -> overlays published over ZeroMQ, with a latency report",
     "view": "watch a published stream: newest overlay with fps, latency and loss counters",

@@ -42,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, globs, videos or phantom[:N]")
     p.add_argument("--out", required=True, help="reference file to write (JSON)")
     p.add_argument("--count", type=POSITIVE_INT, default=None, help="frames evenly spread over each source (default: all images, 10 per video)")
+    add_calibration_arguments(p)
+    add_geometry_arguments(p)
+    add_model_arguments(p)
+
+
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """The options settings_from (and geometry_from, through --preset) reads, shared with `bonestream experiment`."""
     p.add_argument(
         "--preset", choices=sorted(PRESETS), default="study",
         help="study: tau 0.2 >=, 65%%, all heads; original: the original code's defaults (whole frame, short side 224 "
@@ -58,8 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--outlier-threshold", type=number(float, -1, 1), default=0.7, help="CLS-key cosine of an inlier (default 0.7)")
     p.add_argument("--sample-interval", type=POSITIVE_INT, default=100, help="every n-th descriptor of a frame trains k-means (default 100)")
-    add_geometry_arguments(p)
-    add_model_arguments(p)
 
 
 def settings_from(args: argparse.Namespace) -> CalibrationSettings:

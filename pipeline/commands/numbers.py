@@ -34,12 +34,24 @@ SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)
 
 
+def listed(parse: Callable[[str], float]) -> Callable[[str], list]:
+    """An argparse type for a comma-separated list, each item checked by ``parse``."""
+
+    def parse_list(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+        return [parse(item) for item in items]
+
+    parse_list.__name__ = "list"
+    return parse_list
+
+
 def heads(text: str) -> tuple[int, ...] | str:
     """``all`` or distinct attention head indices such as ``0,2,4,5``."""
     if text == "all":
         return text
-    parse = number(int, 0, HEADS - 1)
-    values = tuple(parse(part.strip()) for part in text.split(","))
+    values = tuple(listed(number(int, 0, HEADS - 1))(text))
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"{text!r} names a head twice")
     return values
