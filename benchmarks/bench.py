@@ -34,7 +34,7 @@ from models.loader import load_model
 from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, Geometry, detect_roi, parse_size
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
-from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT
+from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
@@ -275,7 +275,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")
     p.add_argument("--baseline-frames", type=COUNT, help="frames for the original method's cost (stride 4), 0 to skip")
     p.add_argument("--streams", type=COUNT, help="paced streams on the fastest configuration (GPU default 16, CPU 0)")
-    p.add_argument("--stream-fps", type=POSITIVE)
+    p.add_argument("--stream-fps", type=FPS)
     p.add_argument("--stream-seconds", type=POSITIVE)
     p.add_argument("--clip", type=Path, help=f"video to decode frames from (default {SWEEP_CLIP}; the phantom when absent)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")

@@ -21,7 +21,7 @@ from benchmarks.original_coseg import Original, adjusted_rand_index, cosegment
 from calibration.reference import Reference
 from models.loader import load_model
 from pipeline import cli
-from pipeline.commands.numbers import number
+from pipeline.commands.numbers import SIDE
 from pipeline.publish.files import write_json_atomic
 
 SWEEP = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrabones100k" / "sweep_frames"
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("frames", nargs="*", type=Path, help="image files (default: 5 frames of the shared UltraBones sweep)")
     p.add_argument("--weights", default="random:0", help="weights spec for both sides (default random:0)")
-    p.add_argument("--short-side", type=number(int, 8), default=224, help="the original's load_size (default 224)")
+    p.add_argument("--short-side", type=SIDE, default=224, help="the original's load_size (default 224)")
     p.add_argument("--out", type=Path, default=Path("fidelity.json"), help="JSON report (default ./fidelity.json)")
     args = p.parse_args(argv)
     frames = args.frames or default_frames()

@@ -31,7 +31,7 @@ from models.preprocess import Geometry
 from pipeline.capture.pacing import paced
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
-from pipeline.commands.numbers import POSITIVE
+from pipeline.commands.numbers import FPS, POSITIVE
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.deployment import Deployment
 from pipeline.publish.files import write_bytes_atomic, write_json_atomic
@@ -157,7 +157,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=POSITIVE, default=30.0)
-    p.add_argument("--fps", type=POSITIVE, default=30.0)
+    p.add_argument("--fps", type=FPS, default=30.0)
     p.add_argument("--sample-s", type=POSITIVE, default=5.0)
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>/)")
     args = p.parse_args(argv)

@@ -97,6 +97,7 @@ class Sink(Protocol[T]):
 
 
 _END = object()
+STOP_GRACE_S = 3.0  # once a run is stopping, the longest a lossless output is waited for per frame
 
 
 class SinkWorker(Generic[T]):
@@ -112,6 +113,7 @@ class SinkWorker(Generic[T]):
     def __init__(
         self, sink: Sink[T], *, capacity: int, lossless: bool, frame_id: Callable[[Any], int], put_timeout: float = 30.0,
         on_written: Callable[[T], None] | None = None, abort: threading.Event | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -121,10 +123,12 @@ class SinkWorker(Generic[T]):
         self.frame_id = frame_id
         self.on_written = on_written
         self.abort = abort or threading.Event()
+        self.stopping = stopping or threading.Event()
         self.written = 0
         self.failed: list[tuple[int, str]] = []  # (frame id, error)
         self._stalled = False
         self._stopped: str | None = None  # why the output takes no more writes (its disk is full)
+        self._last_failure: type | None = None  # the kind of the last write error, logged once per run of them
         self._lock = threading.Lock()  # the worker's bookkeeping against close() giving up on it
         self._abandoned = False
         self._current: int | None = None
@@ -135,19 +139,32 @@ class SinkWorker(Generic[T]):
     def dropped(self) -> array:
         return self.queue.dropped
 
+    def _patience(self) -> float:
+        """How long a lossless hand-off may wait for room now: the timeout; less once the run is stopping, so a
+        signal ends a run within seconds; nothing once stalled or aborted."""
+        if self._stalled or self.abort.is_set():
+            return 0.0
+        return min(self.put_timeout, STOP_GRACE_S) if self.stopping.is_set() else self.put_timeout
+
     def submit(self, item: T) -> None:
         if not self.lossless:
             self.queue.put(item)
             return
-        wait = 0.0 if self._stalled or self.abort.is_set() else self.put_timeout
-        try:
-            self.queue.put(item, timeout=wait)
-            self._stalled = False
-        except (TimeoutError, Stopped):
-            if not self._stalled:
-                log.warning("output %s took no frame for %s s: dropping its frames until it takes one again", self.name, wait)
-            self._stalled = True
-            self.queue.dropped.append(self.frame_id(item))
+        start = time.monotonic()
+        while True:  # in short slices, so a stop or an abort shortens a wait already under way
+            try:
+                self.queue.put(item, timeout=min(0.1, max(0.0, start + self._patience() - time.monotonic())))
+                self._stalled = False
+                return
+            except Stopped:
+                break
+            except TimeoutError:
+                if time.monotonic() >= start + self._patience():
+                    break
+        if not self._stalled:
+            log.warning("output %s took no frame for %.3g s: dropping its frames until it takes one again", self.name, time.monotonic() - start)
+        self._stalled = True
+        self.queue.dropped.append(self.frame_id(item))
 
     def _loop(self) -> None:
         while (item := self.queue.get()) is not _END:
@@ -164,8 +181,10 @@ class SinkWorker(Generic[T]):
                     if no_room(exc) or no_room(exc.__context__):
                         self._stopped = f"stopped: no room on disk since frame {self.frame_id(item)}"
                         log.error("output %s stopped: %s; what it wrote stays readable, its later frames count as failed", self.name, exc)
-                    else:
-                        log.warning("output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
+                    else:  # said once per kind of failure: every frame is in the summary, by id
+                        level = logging.DEBUG if type(exc) is self._last_failure else logging.WARNING
+                        log.log(level, "output %s failed on frame %s: %s", self.name, self.frame_id(item), exc)
+                        self._last_failure = type(exc)
             with self._lock:
                 if self._abandoned:  # close() gave up on this write and already counted it as failed
                     return

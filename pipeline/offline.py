@@ -122,9 +122,12 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
                 run.frames[-1]["batch_ms"] = (time.perf_counter() - t0) * 1e3
                 n += len(batch)
                 bar.update(len(batch))
-    finally:
+    except BaseException:
         if writer is not None:
-            writer.close()
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
     run.sources.append({"source": source.name, "frames": n, "fps": source.fps})
 
 

@@ -23,7 +23,7 @@ import torch
 
 from models.errors import FrameError, FrameSizeError
 from pipeline.capture.frame import Frame, Source
-from pipeline.handoff import Handoff, SinkWorker, Stopped
+from pipeline.handoff import STOP_GRACE_S, Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
 from pipeline.publish.encode import encode_prediction
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
@@ -170,14 +170,16 @@ class Pipeline:
         """Stop reading (safe from a signal handler); frames already read are still processed and published.
         A second call aborts: no output is waited for any longer and frames not yet through are counted as dropped.
 
-        Live sources are closed at once so a capture blocked on the device wakes; replay sources are left to
-        the capture thread, which sees the flag before its next frame."""
+        Live sources are closed at once so a capture blocked on the device wakes; a replay source is only
+        interrupted (a paced one sleeping until its next frame wakes) and closed by the capture thread."""
         if self._stop.is_set():
             self._abort.set()
         self._stop.set()
         self.summary.interrupted = True
         if self.live:
             self.source.close()
+        else:
+            self.source.interrupt()
 
     # -- stages ----------------------------------------------------------------------------------------
     def _capture(self) -> None:
@@ -222,7 +224,8 @@ class Pipeline:
 
     def _fail(self, frame: Frame, stage: str, exc: BaseException) -> None:
         self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
-        log.warning("frame %s failed in %s: %s\n%s", frame.id, stage, exc, traceback.format_exc(limit=3))
+        log.warning("frame %s failed in %s: %s", frame.id, stage, exc)  # the id and error are also in the summary
+        log.debug("frame %s: %s", frame.id, traceback.format_exc(limit=3))
 
     def _predict(self, batch: list[Frame]) -> list[tuple[Frame, Prediction]]:
         """The batch through the frame path; a bad frame fails alone (the rest of its batch is retried without it)."""
@@ -300,7 +303,7 @@ class Pipeline:
         c = self.config
         self.workers = [
             SinkWorker(o, capacity=c.output_queue, lossless=o.lossless and not self.live, frame_id=_frame_id, put_timeout=c.output_timeout,
-                       on_written=self._published if i == 0 else None, abort=self._abort)
+                       on_written=self._published if i == 0 else None, abort=self._abort, stopping=self._stop)
             for i, o in enumerate(self.outputs)
         ]
         threads = [threading.Thread(target=fn, name=f"bonestream-{fn.__name__.strip('_')}", daemon=True) for fn in (self._capture, self._infer)]
@@ -316,8 +319,10 @@ class Pipeline:
                 t.join(timeout=1 if self._abort.is_set() else 10)
             for h in (self.to_infer, self.to_encode):  # only an abort leaves frames here: they count as dropped
                 h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
+            # a signal ends the run within seconds: outputs get a short grace, none after a second signal
+            grace = 1.0 if self._abort.is_set() else STOP_GRACE_S if self.summary.interrupted else c.close_timeout
             for worker in self.workers:
-                self.summary.output_errors += worker.close(min(c.close_timeout, 1.0) if self._abort.is_set() else c.close_timeout)
+                self.summary.output_errors += worker.close(min(c.close_timeout, grace))
             self._account()
             self.summary.wall_s = time.monotonic() - started
         return self.summary

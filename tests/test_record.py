@@ -44,13 +44,26 @@ def test_slow_lossless_recorder_gets_every_frame_exactly_once(tmp_path):
                 time.sleep(0.005)
         feeder.join()
     summary = json.loads((tmp_path / "recording.json").read_text())["streams"]["us"]
-    assert summary == {"frames": 60, "first": 0, "last": 59, "gaps": [], "duplicates": 0, "video": "us_overlay.mp4", "video_frames": 60,
+    assert summary == {"frames": 60, "first": 0, "last": 59, "gaps": [], "duplicates": 0, "sequences": [[0, 59]], "video": "us_overlay.mp4", "video_frames": 60,
                        "video_segments": [{"file": "us_overlay.mp4", "frames": 60}]}
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [h["frame_id"] for h in index] == list(range(60)) and rx.missed == 0
     assert video_frames(tmp_path / "us_overlay.mp4") == 60
     mask = cv2.imread(str(tmp_path / index[59]["recorded"]["mask"]), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(mask, frames[59].mask) and len(list((tmp_path / "masks").glob("us_*.png"))) == 60
+
+
+def test_a_restarted_sender_never_overwrites_recorded_masks(tmp_path):
+    ids = [0, 1, 2, 0, 1, 10**12, 10**12 + 2, 5]  # a restart, a leap ahead (new sequence, gap of 1 inside it), a restart
+    with Recorder(tmp_path, fps=10) as rec:
+        for i in ids:
+            assert rec.write(make_message(i, overlay=None))
+    summary = json.loads((tmp_path / "recording.json").read_text())["streams"]["us"]
+    assert summary["frames"] == len(ids) == len(list((tmp_path / "masks").glob("*.png")))
+    assert summary["sequences"] == [[0, 2], [0, 1], [10**12, 10**12 + 2], [5, 5]]
+    assert summary["gaps"] == [[10**12 + 1, 10**12 + 1]] and summary["duplicates"] == 0
+    index = [json.loads(line)["recorded"]["mask"] for line in (tmp_path / "index.jsonl").read_text().splitlines()]
+    assert len(set(index)) == len(ids) and index[3] == "masks/us_s1_000000.png"
 
 
 def test_lossless_send_times_out_without_a_consumer():

@@ -174,6 +174,12 @@ def test_dicom_single_frame_and_frame_time_vector(tmp_path):
     vector = DicomSource(write_dicom(tmp_path / "vec.dcm", smooth_frames(3), FrameTimeVector=[0, 20, 200]))
     assert [f.source_ts for f in vector] == pytest.approx([0.0, 0.02, 0.22])
     assert vector.fps == pytest.approx(2 / 0.22)
+    # a vector that is not a time line (overflowing, backwards, longer than a day) is ignored, and so is an absurd rate
+    for bad in ([0, 1e308, 1e308], [0, 20, -50], [0, 100, 3_600_000 * 25]):
+        frames = list(DicomSource(write_dicom(tmp_path / "bad.dcm", smooth_frames(3), FrameTimeVector=bad), fps=10))
+        assert [f.source_ts for f in frames] == pytest.approx([0.0, 0.1, 0.2])
+    fast = DicomSource(write_dicom(tmp_path / "fast.dcm", smooth_frames(3), FrameTime=1e-9), fps=10)
+    assert fast.fps == 10
 
 
 def test_dicom_errors_name_file_and_field(tmp_path):

@@ -115,6 +115,10 @@ def _check_layout(path: Path, ds: Dataset) -> int:
     return frames
 
 
+MAX_FPS = 1000.0
+MAX_SPAN_S = 86_400.0  # a FrameTimeVector claiming a recording longer than a day is ignored (header not trusted)
+
+
 def _positive(ds: Dataset, keyword: str) -> float | None:
     value = ds.get(keyword)
     try:
@@ -131,16 +135,22 @@ def _timing(ds: Dataset, count: int, fallback_fps: float) -> tuple[float, np.nda
     ``fallback_fps``. The FrameTimeVector (0018,1065) holds ms increments, the first 0."""
     frame_time_ms = _positive(ds, "FrameTime")
     fps = (1000.0 / frame_time_ms if frame_time_ms else None) or _positive(ds, "CineRate")
-    fps = fps or _positive(ds, "RecommendedDisplayFrameRate")
+    fps = _plausible(fps or _positive(ds, "RecommendedDisplayFrameRate"))
     try:
         vector = np.atleast_1d(np.asarray(ds.get("FrameTimeVector", []), dtype=float))
     except (TypeError, ValueError):
         vector = np.zeros(0)
-    if vector.size == count and count > 1 and np.isfinite(vector).all():
-        times = np.concatenate([[0.0], np.cumsum(vector[1:])]) / 1000.0
-        fps = fps or ((count - 1) / times[-1] if times[-1] > 0 else None) or fallback_fps
-        return fps, times
+    with np.errstate(over="ignore"):
+        times = np.concatenate([[0.0], np.cumsum(vector[1:])]) / 1000.0 if vector.size == count and count > 1 else None
+    # a vector is used only when every step is a time (finite, not backwards) and the recording lasts < MAX_SPAN_S
+    if times is not None and (vector[1:] >= 0).all() and np.isfinite(times).all() and times[-1] < MAX_SPAN_S:
+        return fps or _plausible((count - 1) / times[-1] if times[-1] > 0 else None) or fallback_fps, times
     return fps or fallback_fps, None
+
+
+def _plausible(fps: float | None) -> float | None:
+    """A frame rate a recording can have (MAX_FPS at most), else None: the header is not trusted."""
+    return fps if fps is not None and fps <= MAX_FPS else None
 
 
 def _window(ds: Dataset) -> tuple[float, float] | None:

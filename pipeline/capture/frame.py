@@ -111,6 +111,9 @@ class Source:
     def close(self) -> None:
         """Release files or devices; iteration may not resume afterwards."""
 
+    def interrupt(self) -> None:
+        """Wake a wait for the next frame (pacing) so iteration ends; safe from another thread, unlike close()."""
+
     def __enter__(self) -> "Source":
         return self
 

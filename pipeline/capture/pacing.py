@@ -96,6 +96,9 @@ class PacedSource(Source):
             id_offset += last.id + 1
             lap += 1
 
+    def interrupt(self) -> None:
+        self._stop.set()
+
     def close(self) -> None:
         """Ends iteration, also from another thread while it sleeps."""
         self._stop.set()

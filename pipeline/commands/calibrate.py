@@ -12,7 +12,7 @@ from calibration.voting import VoteSettings
 from models.loader import load_model
 from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, parse_size
 from pipeline.commands.common import add_model_arguments, announce_weights
-from pipeline.commands.numbers import FRACTION, POSITIVE_INT, heads, number
+from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, number
 from pipeline.commands.paths import check_output_file
 from pipeline.offline import GEOMETRY_PRESETS, GeometryOptions, calibrate_sources
 
@@ -21,7 +21,7 @@ def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
     """Geometry options; each left out takes the value of --preset where the command has one (else the study's)."""
     study = GEOMETRY_PRESETS["study"]
     p.add_argument("--roi", default=None, help=f"imaging area: auto (drop black margins), full, or top,left,height,width (default {study.roi})")
-    p.add_argument("--short-side", type=number(int, 8), default=None, help=f"model input short side, aspect of the ROI kept (default {study.short_side})")
+    p.add_argument("--short-side", type=SIDE, default=None, help=f"model input short side, aspect of the ROI kept (default {study.short_side})")
     p.add_argument(
         "--exact-sides", dest="round_sides", action="store_false", default=None,
         help="keep the short side exactly and truncate the long one (the original's torchvision Resize); default: both "

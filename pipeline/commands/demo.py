@@ -13,7 +13,7 @@ from models.loader import load_model
 from models.weights import WeightsUnavailable
 from pipeline.capture.phantom import PhantomConfig, write_phantom
 from pipeline.commands.common import announce_weights
-from pipeline.commands.numbers import POSITIVE_INT, number
+from pipeline.commands.numbers import POSITIVE_INT, SIDE
 from pipeline.evaluate import evaluate_dirs, write_report
 from pipeline.offline import GeometryOptions, calibrate_sources, segment_sources
 from pipeline.segment.segmenter import BoneSegmenter
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bonestream-demo"), help="output folder (default ./bonestream-demo)")
     p.add_argument("--frames", type=POSITIVE_INT, default=60, help="phantom frames to segment (default 60)")
     p.add_argument("--count", type=POSITIVE_INT, default=8, help="reference frames for calibration (default 8)")
-    p.add_argument("--short-side", type=number(int, 8), default=160, help="model input short side (default 160; 224 is the study's)")
+    p.add_argument("--short-side", type=SIDE, default=160, help="model input short side (default 160; 224 is the study's)")
     p.add_argument("--weights", default=None, metavar="SPEC", help="weights spec as for calibrate (default: official if obtainable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--n", type=POSITIVE_INT, default=5, help="frames per domain (default 5)")
     d.add_argument("--repeats", type=POSITIVE_INT, default=1, help="random draws of the n frames (default 1)")
     n = parsers["noise"]
-    n.add_argument("--eps", type=listed(number(float, 0)), default=[0, 0.5, 1, 1.5, 2, 2.5, 3], help="noise levels (default 0,0.5,1,1.5,2,2.5,3)")
+    n.add_argument("--eps", type=listed(number(float, 0, 100)), default=[0, 0.5, 1, 1.5, 2, 2.5, 3], help="noise levels (default 0,0.5,1,1.5,2,2.5,3)")
     n.add_argument(
         "--scale", choices=sorted(SCALES), default=DEFAULT_SCALE,
         help=f"what a unit of eps is: {describe_scale('normalised')} (default); {describe_scale('unit')}",

@@ -9,8 +9,9 @@ from typing import Callable
 from models.weights import HEADS
 
 
-def number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: ``kind`` (int or float), finite, >= ``minimum`` (> with ``above``), <= ``maximum``."""
+def number(kind: type, minimum: float, maximum: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float), finite, >= ``minimum`` (> with ``above``), <= ``maximum``. Every
+    number has a maximum: an absurd value (1e23 s, a 10^20-pixel side) is refused here, not deep in a library."""
 
     def parse(text: str) -> float:
         try:
@@ -29,7 +30,9 @@ def number(kind: type, minimum: float, maximum: float | None = None, *, above: b
 
 POSITIVE_INT = number(int, 1, 10**9)
 COUNT = number(int, 0, 10**9)  # 0 allowed (none, or off)
-POSITIVE = number(float, 0, above=True)
+POSITIVE = number(float, 0, 10**6, above=True)
+FPS = number(float, 0.01, 1000)  # frame rates: a video stores them as a fraction with a small denominator
+SIDE = number(int, 8, 4096)  # model input sides, in pixels
 SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
+from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.recorder import MAX_STREAMS, Recorder, RecordError
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", metavar="ID", help="record only this stream_id (default: every stream)")
     p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--timeout", type=POSITIVE, default=None, metavar="S", help="stop after S s without a frame (default: wait)")
-    p.add_argument("--fps", type=POSITIVE, default=30.0, help="frame rate written into the video (default 30)")
+    p.add_argument("--fps", type=FPS, default=30.0, help="frame rate written into the video (default 30)")
     add_client_arguments(p)
 
 

@@ -15,7 +15,7 @@ from models.errors import BonestreamError
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
-from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT, SECONDS
+from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
     mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
-    p.add_argument("--fps", type=POSITIVE, default=20.0, help="frame rate of image folders and the phantom (default 20)")
+    p.add_argument("--fps", type=FPS, default=20.0, help="frame rate of image folders and the phantom (default 20)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
     p.add_argument("--queue-size", type=POSITIVE_INT, default=2, help="frames held between stages (default 2)")
     p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")

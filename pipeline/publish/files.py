@@ -123,6 +123,18 @@ class VideoWriter:
             if not self.frames:
                 self._tmp.unlink(missing_ok=True)
 
+    def discard(self) -> None:
+        """Close without publishing: a job that failed half way leaves no complete-looking video behind."""
+        if self._container is None:
+            return
+        container, self._container = self._container, None
+        try:
+            container.close()
+        except (OSError, av.error.FFmpegError):
+            pass  # the file is removed anyway
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
     def __enter__(self) -> "VideoWriter":
         return self
 

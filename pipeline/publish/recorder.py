@@ -5,7 +5,8 @@ Layout of the output folder::
     <stream>_overlay.mp4            H.264 of the overlays in arrival order (absent for a stream sent without
                                     overlays: such a stream is recorded as masks only); when the frame size changes
                                     mid-stream the video goes on in a new segment, <stream>_overlay_2.mp4, ...
-    masks/<stream>_<frame_id>.png   the mask of every frame (6-digit id)
+    masks/<stream>_<frame_id>.png   the mask of every frame (6-digit id); after a sender restarted (ids went back
+                                    or leapt ahead) masks/<stream>_s<n>_<frame_id>.png, so none is overwritten
     index.jsonl                     one line per frame as it arrived: its header plus "recorded"
                                     {mask, video, video_frame, received_ns}; written as frames come, so it survives
                                     a crash
@@ -29,6 +30,7 @@ from typing import Any, Self
 from models.errors import BonestreamError
 from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
 from pipeline.publish.message import FrameMessage
+from pipeline.publish.subscriber import MAX_GAP
 
 log = logging.getLogger(__name__)
 INDEX = "index.jsonl"
@@ -42,7 +44,7 @@ class RecordError(BonestreamError):
 
 @dataclass
 class _StreamLog:
-    frame_ids: list[int] = field(default_factory=list)
+    sequences: list[list[int]] = field(default_factory=list)  # frame ids, a new list whenever the sender restarted
     videos: list[VideoWriter] = field(default_factory=list)  # segments in order; the last one is being written
     video_size: tuple[int, ...] | None = None
 
@@ -50,15 +52,24 @@ class _StreamLog:
     def video(self) -> VideoWriter | None:
         return self.videos[-1] if self.videos else None
 
+    def sequence_of(self, frame_id: int) -> int:
+        """The sequence ``frame_id`` belongs to: a new one when ids go back or leap ahead (a restarted sender, as the
+        subscriber counts jumps), so a restart never overwrites the masks of the frames recorded before it."""
+        current = self.sequences[-1] if self.sequences else None
+        if current is None or frame_id < current[-1] or frame_id > current[-1] + MAX_GAP:
+            self.sequences.append([])
+        return len(self.sequences) - 1
+
     def summary(self) -> dict[str, Any]:
-        ids = sorted(set(self.frame_ids))
-        gaps = [[a + 1, b - 1] for a, b in zip(ids, ids[1:]) if b > a + 1]
+        ranges = [sorted(set(ids)) for ids in self.sequences if ids]  # (a frame whose write failed left no id)
+        gaps = [[a + 1, b - 1] for ids in ranges for a, b in zip(ids, ids[1:]) if b > a + 1]
         return {
-            "frames": len(self.frame_ids),
-            "first": ids[0],
-            "last": ids[-1],
+            "frames": sum(map(len, self.sequences)),
+            "first": ranges[0][0] if ranges else None,
+            "last": ranges[-1][-1] if ranges else None,
             "gaps": gaps,
-            "duplicates": len(self.frame_ids) - len(ids),
+            "duplicates": sum(len(ids) - len(set(ids)) for ids in self.sequences),
+            "sequences": [[r[0], r[-1]] for r in ranges],  # first and last id of each run the sender started anew
             "video": self.videos[0].path.name if self.videos else None,
             "video_frames": sum(v.frames for v in self.videos),
             "video_segments": [{"file": v.path.name, "frames": v.frames} for v in self.videos],
@@ -104,7 +115,9 @@ class Recorder:
                 self.refused += 1
                 return False
             log = self._streams[msg.stream_id] = _StreamLog()
-        mask_name = f"masks/{msg.stream_id}_{msg.frame_id:06d}.png"
+        sequence = log.sequence_of(msg.frame_id)
+        restart = f"_s{sequence}" if sequence else ""
+        mask_name = f"masks/{msg.stream_id}{restart}_{msg.frame_id:06d}.png"
         write_png_atomic(self.out_dir / mask_name, msg.mask)
         video_name = video_frame = None
         overlay = msg.overlay
@@ -127,7 +140,7 @@ class Recorder:
         recorded = {"mask": mask_name, "video": video_name, "video_frame": video_frame, "received_ns": msg.received_ns}
         self._index.write(json.dumps({**msg.header(), "recorded": recorded}) + "\n")
         self._index.flush()
-        log.frame_ids.append(msg.frame_id)
+        log.sequences[sequence].append(msg.frame_id)
         self.frames += 1
         return True
 
