@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -32,6 +32,56 @@ class ReferenceError(BonestreamError):
 
 def _canonical(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # not bool, not float: a hand edit that changes a type is refused, never cast
+
+
+# field -> (check, what it must be): every payload field is required and typed; nothing is cast or defaulted
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "geometry": (lambda v: isinstance(v, dict), "an object"),
+    "weights": (lambda v: isinstance(v, dict) and isinstance(v.get("label"), str) and isinstance(v.get("kind"), str),
+                "an object with string 'label' and 'kind'"),
+    "centroids": (lambda v: isinstance(v, list) and np.asarray(v).dtype.kind in "if", "a k x 384 list of numbers"),
+    "foreground": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integer cluster ids"),
+    "votes": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers"),
+    "required_votes": (_is_int, "an integer"),
+    "mean_saliency": (lambda v: isinstance(v, list) and all(isinstance(r, list) for r in v), "a list of rows"),
+    "cluster_sizes": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers"),
+    "distance_stats": (lambda v: isinstance(v, list) and all(isinstance(d, dict) for d in v), "a list of objects"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "frames": (lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v), "a list of frame names"),
+    "calibration_labels": (lambda v: isinstance(v, list) and np.asarray(v).dtype.kind == "i", "nested lists of integer cluster ids"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
+}
+_GEOMETRY: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "frame_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)), "[height, width] integers"),
+    "roi": (lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_int, v)), "[top, left, height, width] integers"),
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)), "[height, width] integers"),
+    "stride": (_is_int, "an integer"),
+    "resampling": (lambda v: isinstance(v, str), "a string"),
+    "mean": (lambda v: isinstance(v, list) and all(type(x) in (int, float) for x in v), "a list of numbers"),
+    "std": (lambda v: isinstance(v, list) and all(type(x) in (int, float) for x in v), "a list of numbers"),
+    "patch": (_is_int, "an integer"),
+}
+
+
+def _schema_problem(payload: Mapping[str, Any]) -> str | None:
+    """The first payload field that is missing or of the wrong type, named (before anything is built from it)."""
+    for prefix, fields, doc in (("", _FIELDS, payload), ("geometry.", _GEOMETRY, payload.get("geometry"))):
+        if not isinstance(doc, dict):
+            return None  # reported as the parent field
+        for name, (ok, what) in fields.items():
+            if name not in doc:
+                return f"field '{prefix}{name}' is missing"
+            try:
+                valid = ok(doc[name])
+            except (TypeError, ValueError):  # ragged nested lists
+                valid = False
+            if not valid:
+                return f"field '{prefix}{name}' must be {what}"
+    return None
 
 
 def _nan_to_none(table: np.ndarray) -> list:
@@ -120,6 +170,8 @@ class Reference:
             raise ReferenceError(f"{path}: the payload holds a non-finite number; the file is damaged or was edited") from None
         if digest is None or digest != doc.get("sha256"):
             raise ReferenceError(f"{path}: integrity check failed (sha256 of the payload does not match); the file is damaged or was edited")
+        if problem := _schema_problem(payload):
+            raise ReferenceError(f"{path}: {problem}")
         try:
             centroids = np.asarray(payload["centroids"], dtype=np.float32)
             saliency = np.asarray([[np.nan if v is None else v for v in row] for row in payload["mean_saliency"]], dtype=np.float64)
@@ -158,6 +210,8 @@ class Reference:
             (self.centroids.ndim == 2 and self.centroids.shape[1] == EMBED_DIM and k >= 1,
              f"field 'centroids' has shape {self.centroids.shape}, expected k x {EMBED_DIM} (ViT-S/8 key dimension)"),
             (bool(np.isfinite(self.centroids).all()), "field 'centroids' holds a non-finite number"),
+            (k >= 1 and bool(((norms := np.linalg.norm(self.centroids.astype(np.float64), axis=-1)) > 1e-6).all() and (norms <= 1 + 1e-4).all()),
+             "field 'centroids': every centroid is a mean of unit keys, so its norm lies in (0, 1]"),
             (all(0 <= c < k for c in self.foreground) and len(set(self.foreground)) == len(self.foreground),
              f"field 'foreground' {list(self.foreground)} is not a set of cluster ids below k = {k}"),
             (len(self.votes) == k and len(self.cluster_sizes) == k and len(self.distance_stats) == k,

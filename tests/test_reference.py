@@ -108,6 +108,20 @@ def _resigned(path: Path, doc: dict) -> None:
         (lambda p: p.update(calibration_labels=p["calibration_labels"][:2]), "field 'calibration_labels' has shape"),
         (lambda p: p.update(votes=p["votes"][:-1]), "one entry per cluster"),
         (lambda p: p["geometry"].update(patch=16), "field 'geometry.patch' is 16"),
+        # types are checked, never cast; nothing is defaulted
+        (lambda p: p.update(foreground=["0"]), "field 'foreground' must be a list of integer cluster ids"),
+        (lambda p: p.update(foreground=[0.7]), "field 'foreground' must be"),
+        (lambda p: p.update(foreground=[True]), "field 'foreground' must be"),
+        (lambda p: p.update(calibration_labels=[[[float(v) for v in row] for row in f] for f in p["calibration_labels"]]),
+         "field 'calibration_labels' must be nested lists of integer cluster ids"),
+        (lambda p: p["geometry"].pop("stride"), "field 'geometry.stride' is missing"),
+        (lambda p: p["geometry"].update(frame_size="64x80"), "field 'geometry.frame_size' must be [height, width] integers"),
+        (lambda p: p.update(frames=list(range(len(p["frames"])))), "field 'frames' must be a list of frame names"),
+        (lambda p: p.update(settings=[]), "field 'settings' must be an object"),
+        (lambda p: p.update(weights=["random:0"]), "field 'weights' must be an object"),
+        (lambda p: p.update(centroids=[["x"] * 384 for _ in p["centroids"]]), "field 'centroids' must be a k x 384 list of numbers"),
+        (lambda p: p.update(centroids=[[0.0] * 384 for _ in p["centroids"]]), "its norm lies in (0, 1]"),
+        (lambda p: p.pop("votes"), "field 'votes' is missing"),
     ],
 )
 def test_every_field_is_validated_on_load(reference: Reference, tmp_path: Path, edit, needle: str) -> None:

@@ -7,9 +7,10 @@ Layout of the output folder::
                                     mid-stream the video goes on in a new segment, <stream>_overlay_2.mp4, ...
     masks/<stream>_<frame_id>.png   the mask of every frame (6-digit id); after a sender restarted (ids went back
                                     or leapt ahead) masks/<stream>_s<n>_<frame_id>.png, so none is overwritten
-    index.jsonl                     one line per frame as it arrived: its header plus "recorded"
-                                    {mask, video, video_frame, received_ns}; written as frames come, so it survives
-                                    a crash
+    index.jsonl                     one line per frame: its header plus "recorded" {mask, video, video_frame,
+                                    received_ns}; written as frames come (a frame with video once the MP4 holds it,
+                                    i.e. when the stream's next frame is muxed), so after a crash it lists only
+                                    frames that are on disk
     recording.json                  written on close: per stream frame count, first/last id, gaps, duplicates,
                                     video segments
 
@@ -47,6 +48,7 @@ class _StreamLog:
     sequences: list[list[int]] = field(default_factory=list)  # frame ids, a new list whenever the sender restarted
     videos: list[VideoWriter] = field(default_factory=list)  # segments in order; the last one is being written
     video_size: tuple[int, ...] | None = None
+    held: str | None = None  # index line of the last video frame: the MP4 muxer writes a frame when the next arrives
 
     @property
     def video(self) -> VideoWriter | None:
@@ -128,6 +130,7 @@ class Recorder:
             else:
                 if log.video is not None:  # the frame size changed mid-stream: finish this segment, start the next
                     log.video.close()
+                    self._release(log)
                 suffix = f"_{len(log.videos) + 1}" if log.videos else ""
                 log.videos.append(VideoWriter(self.out_dir / f"{msg.stream_id}_overlay{suffix}.mp4", self.fps, fragmented=True))
                 log.video_size = overlay.shape
@@ -138,11 +141,22 @@ class Recorder:
                 raise RecordError(f"frame {msg.frame_id} of {msg.stream_id}: {exc}") from None
             video_name, video_frame = log.video.path.name, log.video.frames - 1
         recorded = {"mask": mask_name, "video": video_name, "video_frame": video_frame, "received_ns": msg.received_ns}
-        self._index.write(json.dumps({**msg.header(), "recorded": recorded}) + "\n")
-        self._index.flush()
+        line = json.dumps({**msg.header(), "recorded": recorded}) + "\n"
+        if video_name is not None:  # listed once its video frame is on disk: when the next one is muxed, or on close
+            line, log.held = log.held, line
+        if line is not None:
+            self._index.write(line)
+            self._index.flush()
         log.sequences[sequence].append(msg.frame_id)
         self.frames += 1
         return True
+
+    def _release(self, log: _StreamLog) -> None:
+        """Index the stream's held frame: its video segment has been closed, so the frame is on disk."""
+        if log.held is not None:
+            self._index.write(log.held)
+            self._index.flush()
+            log.held = None
 
     def summary(self) -> dict[str, Any]:
         return {"frames": self.frames, "refused_streams_frames": self.refused, "unrecorded_overlays": self.unrecorded_overlays, "streams": {sid: log.summary() for sid, log in self._streams.items()}}
@@ -153,9 +167,10 @@ class Recorder:
         if self._index.closed:
             return
         try:
-            with ExitStack() as stack:
+            with ExitStack() as stack:  # callbacks run last-in first: videos, then their held lines, then the index
                 stack.callback(self._index.close)
                 for log in self._streams.values():
+                    stack.callback(self._release, log)
                     for video in log.videos:
                         stack.callback(video.close)
             write_json_atomic(self.out_dir / "recording.json", self.summary())
