@@ -31,10 +31,10 @@ from benchmarks.targets import EQUAL_LABELS, check_targets
 from calibration.calibrate import calibrate
 from calibration.reference import Reference
 from models.loader import load_model
-from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, Geometry, detect_roi, parse_size
+from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, Geometry, detect_roi
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
-from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT
+from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, input_size
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
@@ -252,7 +252,7 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
 
 
 def _input_size(text: str) -> tuple[int, int] | str:
-    return "clip" if text == "clip" else parse_size(text)
+    return "clip" if text == "clip" else input_size(text)
 
 
 def _csv(kind: type) -> Any:

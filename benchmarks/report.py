@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch  # noqa: E402
 
 from benchmarks.runner import HOST_STAGES, STAGE_ORDER, Run  # noqa: E402
 from pipeline.infer.onnx_backend import cpu_threads  # noqa: E402
-from pipeline.publish.files import write_bytes_atomic, write_json_atomic  # noqa: E402
+from pipeline.publish.files import write_bytes_atomic, write_figure, write_json_atomic  # noqa: E402
 from pipeline.stats import summarize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -181,13 +180,8 @@ def write_plots(doc: dict[str, Any], out_dir: Path, tag: str) -> list[Path]:
 
 def _save(fig: plt.Figure, path: Path, stamp: str | None = None) -> Path:
     fig.tight_layout()
-    if stamp:
-        fig.text(0.01, 0.99, stamp, color="red", fontsize=7, va="top")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, format="png", dpi=110)
+    write_figure(fig, path, stamp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -94,8 +94,8 @@ def extract(
     return keys, att, cls_keys
 
 
-def find_outliers(cls_keys: np.ndarray, threshold: float) -> np.ndarray:
-    """Cosine of each frame's CLS key to the mean CLS key (the original's outlier test: inliers have >= threshold)."""
+def cls_cosines(cls_keys: np.ndarray) -> np.ndarray:
+    """Cosine of each frame's CLS key to the mean CLS key (the original's outlier test: an inlier has at least the threshold)."""
     mean = cls_keys.mean(axis=0)
     norms = np.maximum(np.linalg.norm(cls_keys, axis=1) * np.linalg.norm(mean), 1e-8)
     return (cls_keys @ mean) / norms
@@ -144,7 +144,7 @@ def calibrate(
     )
     recorded = asdict(settings)
     if settings.remove_outliers:
-        cosine = find_outliers(cls_keys, settings.outlier_threshold)
+        cosine = cls_cosines(cls_keys)
         keep = np.flatnonzero(cosine >= settings.outlier_threshold)
         recorded["outliers"] = [{"frame": names[i], "cls_cosine": float(cosine[i])} for i in np.flatnonzero(cosine < settings.outlier_threshold)]
         if keep.size == 0:

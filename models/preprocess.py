@@ -227,12 +227,3 @@ def parse_roi(text: str, frames: Sequence[np.ndarray]) -> tuple[int, int, int, i
     except ValueError:
         raise FrameError(f"--roi {text!r}: expected auto, full or top,left,height,width") from None
     return top, left, height, width
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``HxW`` model input size."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise FrameError(f"input size {text!r}: expected HEIGHTxWIDTH, e.g. 224x264") from None
-    return h, w

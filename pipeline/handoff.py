@@ -15,7 +15,7 @@ from array import array
 from collections import deque
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from pipeline.publish.files import no_room
+from models.errors import no_room
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Sink(Protocol[T]):
 
 
 _END = object()
-STOP_GRACE_S = 3.0  # once a run is stopping, the longest a lossless output is waited for per frame
+STOP_GRACE_S = 10.0  # once a run is stopping (a signal), the longest an output is waited for, per frame and to close
 
 
 class SinkWorker(Generic[T]):

@@ -19,7 +19,7 @@ from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame, Source
 from pipeline.capture.images import ImageSource
 from pipeline.capture.open import open_sources, sample_frames
-from pipeline.publish.files import VideoWriter, write_json_atomic, write_png_atomic
+from pipeline.publish.files import VideoWriter, results_in, write_json_atomic, write_png_atomic
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
@@ -47,6 +47,7 @@ class GeometryOptions:
         )
 
 
+SEGMENT_RESULTS = ("summary.json", "evaluation.json", "masks/*.png", "overlays/*.png", "*_overlay.mp4")
 GEOMETRY_PRESETS = {  # calibration presets (calibration.calibrate.PRESETS) also fix how frames become model input
     "study": GeometryOptions(),
     "original": GeometryOptions(roi="full", stride=4, resampling="pil-lanczos", round_sides=False),
@@ -136,11 +137,12 @@ def segment_sources(
 ) -> Path:
     """Masks (0/255 PNG at source resolution) for every frame, overlays, and ``summary.json``; returns its path.
 
-    A previous run's summary in ``out_dir`` is removed first: the summary, written last, is what says a run is
-    complete and which files are its own."""
+    A previous run's results in ``out_dir`` are removed first (the command refuses them without --overwrite): the
+    summary, written last, says a run is complete, and no old mask can pass for a new one."""
     run = SegmentRun(Path(out_dir))
     sources = open_sources(specs)
-    (run.out_dir / "summary.json").unlink(missing_ok=True)
+    for old in results_in(run.out_dir, SEGMENT_RESULTS):  # the sources opened: a previous run's results go first
+        old.unlink()
     (run.out_dir / "masks").mkdir(parents=True, exist_ok=True)
     started = time.time()
     for source in sources:

@@ -42,10 +42,6 @@ class SurfaceDistance:
     pred_points: int
     truth_points: int
 
-    @property
-    def defined(self) -> bool:
-        return self.assd is not None
-
 
 def is_thin(mask: np.ndarray) -> bool:
     """True when every foreground pixel lies within THIN_HALF_WIDTH px of the background (an empty mask is thin)."""

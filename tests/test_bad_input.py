@@ -166,7 +166,9 @@ def test_non_loopback_needs_encryption_or_insecure(capsys, phantom_ref, tmp_path
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["run", "x.mp4", "--reference", "r.json", "--fps", "0"], "--fps: 0 is out of range: must be > 0"),
+        (["run", "x.mp4", "--reference", "r.json", "--fps", "0"], "--fps: 0 is out of range: must be >= 0.01 and <= 1000"),
+        (["calibrate", "x.png", "--out", "r.json", "--input-size", "100000x100000"], "--input-size: 100000 is out of range"),
+        (["calibrate", "x.png", "--out", "r.json", "--input-size", "0x0"], "--input-size: 0 is out of range"),
         (["run", "x.mp4", "--reference", "r.json", "--pace", "-3"], "--pace: '-3': realtime, max or frames per second"),
         (["run", "x.mp4", "--reference", "r.json", "--queue-size", "0"], "--queue-size: 0 is out of range: must be >= 1"),
         (["run", "x.mp4", "--reference", "r.json", "--batch-size", "two"], "--batch-size: 'two' is not an integer"),
@@ -244,17 +246,18 @@ def test_sources_that_share_a_name_get_distinct_outputs(capsys, tmp_path: Path) 
     assert len(list((mixed / "masks").glob("*.png"))) == 5
 
 
-def test_a_failed_rerun_leaves_no_summary_from_the_previous_one(capsys, phantom_ref, tmp_path: Path) -> None:
+def test_a_rerun_never_mixes_old_and_new_results(capsys, phantom_ref, tmp_path: Path) -> None:
     images, ref = phantom_ref
     out = tmp_path / "seg"
     assert main(["segment", str(images), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"]) == 0
     assert (out / "summary.json").exists()
-    fails(capsys, ["segment", str(tmp_path / "missing.mp4"), "--reference", str(ref), "--out", str(out), "--weights", "random:0"], "missing.mp4")
+    fails(capsys, ["segment", str(images), "--reference", str(ref), "--out", str(out), "--weights", "random:0"], "holds a previous run's results", "--overwrite")
+    fails(capsys, ["segment", str(tmp_path / "missing.mp4"), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--overwrite"], "missing.mp4")
     assert (out / "summary.json").exists()  # the source was refused before anything was touched
     odd = _mkdir(tmp_path / "odd")
     cv2.imwrite(str(odd / "x.png"), np.zeros((10, 12), np.uint8))  # opens, then fails at its first frame
-    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress"], "differs from the calibrated")
-    assert not (out / "summary.json").exists()  # nothing says the mix of old and new files is a complete run
+    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress", "--overwrite"], "differs from the calibrated")
+    assert not (out / "summary.json").exists() and not list((out / "masks").glob("*.png"))  # no old result passes for new
 
 
 def _mkdir(path: Path) -> Path:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from benchmarks.original_coseg import Original, adjusted_rand_index, cosegment, load
-from calibration.calibrate import CalibrationSettings, calibrate, extract, find_outliers
+from calibration.calibrate import CalibrationSettings, calibrate, cls_cosines, extract
 from calibration.clustering import KMeansSettings
 from calibration.reference import Reference
 from calibration.saliency import resize_nearest
@@ -82,7 +82,7 @@ def test_outlier_frames_leave_clustering_and_voting_and_are_reported(model, rand
     names = [p.stem for p in sweep] + ["noise"]
     geometry = Geometry.fit(images[0].shape, input_size=(32, 40), resampling="area")
     _, _, cls_keys = extract(model, geometry, images, names, attention=False, cls=True, progress=False)
-    cosine = find_outliers(cls_keys, 0.7)
+    cosine = cls_cosines(cls_keys)
     expected = torch.nn.CosineSimilarity(dim=1)(torch.from_numpy(cls_keys), torch.from_numpy(cls_keys).mean(0, keepdim=True))
     np.testing.assert_allclose(cosine, expected.numpy(), rtol=1e-5)
     threshold = float(np.sort(cosine)[1] + np.sort(cosine)[0]) / 2  # exactly one frame below it

@@ -24,12 +24,12 @@ from models.preprocess import Geometry, to_gray
 from models.vit import DinoViT
 from models.weights import DEPTH, EMBED_DIM, WeightsIdentity
 from pipeline.analysis.figures import (
-    HEAT_ALPHA, HEAT_COLORMAP, FrameCanvas, contact_sheet, heat, scatter_figure, thumbnail, write_figure, write_image,
+    HEAT_ALPHA, HEAT_COLORMAP, FrameCanvas, contact_sheet, heat, scatter_figure, thumbnail, write_image,
 )
 from pipeline.analysis.pca import PCA, PCAAccumulator, to_uint8
 from pipeline.analysis.truth import bone_fraction
 from pipeline.capture.frame import Frame
-from pipeline.publish.files import write_json_atomic
+from pipeline.publish.files import write_figure, write_json_atomic
 from pipeline.segment.render import RANDOM_STAMP
 
 ATTENTION_COLUMN = "attention (mean of heads)"

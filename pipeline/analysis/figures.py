@@ -7,7 +7,6 @@ canvas (no pyplot state) and written atomically; with random weights every image
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from models.preprocess import Geometry
-from pipeline.publish.files import write_bytes_atomic, write_png_atomic
+from pipeline.publish.files import write_png_atomic
 from pipeline.segment.render import stamp_image
 
 HEAT_COLORMAP = "inferno"
@@ -63,14 +62,6 @@ def write_image(path: Path, image: np.ndarray, stamp: str | None) -> None:
         box = stamp_image(stamp, image.shape[1])[: image.shape[0]]
         image[: box.shape[0], : box.shape[1]] = box
     write_png_atomic(path, image)
-
-
-def write_figure(fig: Figure, path: Path, stamp: str | None, dpi: int = 100) -> None:
-    if stamp:
-        fig.text(0.5, 0.998, stamp, color="red", fontsize=12, fontweight="bold", ha="center", va="top")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def contact_sheet(cells: Mapping[tuple[int, str], np.ndarray], blocks: Sequence[int], columns: Sequence[str], title: str) -> Figure:

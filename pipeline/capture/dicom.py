@@ -134,8 +134,8 @@ def _timing(ds: Dataset, count: int, fallback_fps: float) -> tuple[float, np.nda
     (0018,1063, ms), CineRate (0018,0040), RecommendedDisplayFrameRate, the FrameTimeVector's mean, else
     ``fallback_fps``. The FrameTimeVector (0018,1065) holds ms increments, the first 0."""
     frame_time_ms = _positive(ds, "FrameTime")
-    fps = (1000.0 / frame_time_ms if frame_time_ms else None) or _positive(ds, "CineRate")
-    fps = _plausible(fps or _positive(ds, "RecommendedDisplayFrameRate"))
+    rates = (1000.0 / frame_time_ms if frame_time_ms else None, _positive(ds, "CineRate"), _positive(ds, "RecommendedDisplayFrameRate"))
+    fps = next((rate for rate in rates if _plausible(rate)), None)
     try:
         vector = np.atleast_1d(np.asarray(ds.get("FrameTimeVector", []), dtype=float))
     except (TypeError, ValueError):

@@ -90,9 +90,9 @@ def _distinct_outputs(sources: Sequence[Source]) -> None:
             source.stem = name
         else:
             source.names[index] = name
-    # a video's or DICOM's frames are named STEM_000123: an image that happens to carry such a name steps aside
-    stems = [source.stem for source, index in owners if index is None]
-    frame_name = re.compile("^(?:%s)_\\d{6,}$" % "|".join(map(re.escape, stems))) if stems else None
+    # a stream's frames are named STEM_<number> (videos, DICOM, the phantom): an image with such a name steps aside
+    stems = [source.stem for source in sources if not isinstance(source, ImageSource)]
+    frame_name = re.compile("^(?:%s)_\\d+$" % "|".join(map(re.escape, stems))) if stems else None
     for source in sources:
         if frame_name is not None and isinstance(source, ImageSource):
             source.names = [f"{n}_image" if frame_name.match(n) else n for n in source.names]

@@ -10,9 +10,9 @@ from calibration.calibrate import PRESETS, CalibrationSettings
 from calibration.clustering import KMeansSettings
 from calibration.voting import VoteSettings
 from models.loader import load_model
-from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, parse_size
+from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING
 from pipeline.commands.common import add_model_arguments, announce_weights
-from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, number
+from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, input_size, number
 from pipeline.commands.paths import check_output_file
 from pipeline.offline import GEOMETRY_PRESETS, GeometryOptions, calibrate_sources
 
@@ -27,7 +27,7 @@ def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the short side exactly and truncate the long one (the original's torchvision Resize); default: both "
         "sides rounded to multiples of 8",
     )
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW", help="exact model input size instead")
+    p.add_argument("--input-size", type=input_size, default=None, metavar="HxW", help="exact model input size instead")
     p.add_argument("--stride", type=int, choices=(8, 4), default=None, help=f"patch stride: 8, or 4 (overlapping, as the original) (default {study.stride})")
     p.add_argument(
         "--resampling", default=None, choices=RESAMPLING,

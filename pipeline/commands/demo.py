@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibrated on {len(ref.frames)} frames: k={ref.k}, bone clusters {list(ref.foreground)}")
     seg = BoneSegmenter.create(ref, identity.label if identity.is_random else args.weights, device=args.device, progress=args.progress)
     summary = segment_sources(seg, [source], args.out, progress=args.progress)
-    report = evaluate_dirs(args.out, phantom_dir / "masks")
+    report = evaluate_dirs(args.out, phantom_dir / "masks", truth_kind="region")  # the phantom's truth is bone regions
     write_report(report, args.out / "evaluation.json")
     print(report.table(per_image=False))
     print(f"overlay video: {args.out / 'phantom_overlay.mp4'}  summary: {summary}")

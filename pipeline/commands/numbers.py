@@ -58,3 +58,12 @@ def heads(text: str) -> tuple[int, ...] | str:
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"{text!r} names a head twice")
     return values
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """``HxW`` model input size, each side within SIDE's bounds."""
+    parts = text.lower().split("x")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 224x264")
+    h, w = (SIDE(part) for part in parts)
+    return h, w

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from models.errors import BonestreamError
+from pipeline.publish.files import results_in
 from pipeline.publish.recorder import Recorder, RecordError
 
 
@@ -47,3 +49,16 @@ def check_new_recording(path: Path | None, what: str) -> None:
             Recorder.refuse_existing(path)
         except RecordError as exc:
             raise OutputPathError(f"{what}: {exc}") from None
+
+
+
+def check_fresh_results(path: Path | None, what: str, owned: Sequence[str], overwrite: bool) -> None:
+    """A results folder holds one run: a previous run's files (``owned`` patterns) are refused, so old masks can
+    never pass for new ones (evaluate would score them), unless the user says ``--overwrite`` (the job then removes
+    them once its sources have opened)."""
+    found = results_in(path, owned) if path is not None else []
+    if found and not overwrite:
+        raise OutputPathError(
+            f"{what} {path} holds a previous run's results ({found[0].relative_to(path)} and {len(found) - 1} more); "
+            "choose another folder, or pass --overwrite to replace them"
+        )

@@ -16,7 +16,7 @@ from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
-from pipeline.commands.paths import check_new_recording, check_output_dir
+from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
 from pipeline.publish.files import write_json_atomic
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
+    p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
     p.add_argument("--pace", type=_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
     p.add_argument("--loop", action="store_true", help="loop a file source (ids keep increasing)")
     mode = p.add_mutually_exclusive_group()
@@ -74,6 +75,7 @@ def _open(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     check_new_recording(args.record, "--record")
     check_output_dir(args.masks, "--masks")
+    check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
     check_output_dir(args.report, "--report")
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)

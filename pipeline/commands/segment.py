@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import POSITIVE_INT
-from pipeline.commands.paths import check_output_dir
-from pipeline.offline import segment_sources
+from pipeline.commands.paths import check_fresh_results, check_output_dir
+from pipeline.offline import SEGMENT_RESULTS, segment_sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,12 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: masks/, overlays, summary.json")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="masks and summary only")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run's results in --out (refused otherwise)")
     add_model_arguments(p)
     add_refine_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(Path(args.out), "--out")
+    check_fresh_results(Path(args.out), "--out", SEGMENT_RESULTS, args.overwrite)
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)
     summary = segment_sources(seg, args.sources, args.out, batch_size=args.batch_size, overlay=args.overlay, progress=args.progress)

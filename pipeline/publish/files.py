@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
+import io
 import json
 import os
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import av
 import cv2
@@ -18,17 +18,14 @@ _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by se
 os.umask(_UMASK)
 
 
-NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # full disk, quota, file size limit
-
-
-def no_room(exc: BaseException) -> bool:
-    """True for a write the file system refused for lack of room: retrying the next frame would fail the same way."""
-    return isinstance(exc, OSError) and exc.errno in NO_ROOM
-
-
 def named(exc: OSError, path: Path) -> OSError:
     """``exc`` with ``path`` as its file when it names none (a failed write() does not), for one clear line."""
     return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
+def results_in(folder: Path, owned: Sequence[str]) -> list[Path]:
+    """The files in ``folder`` matching the ``owned`` glob patterns: what a previous run of a job left there."""
+    return [f for pattern in owned for f in sorted(folder.glob(pattern)) if f.is_file()] if folder.is_dir() else []
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -47,6 +44,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_figure(fig: Any, path: str | Path, stamp: str | None = None, *, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG written atomically, with ``stamp`` (e.g. RANDOM WEIGHTS) in red across its top,
+    so a figure made from random weights cannot be shown without saying so. Lay it out before; close it after."""
+    if stamp:
+        fig.text(0.01, 0.995, stamp, color="red", fontsize=9, fontweight="bold", va="top")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

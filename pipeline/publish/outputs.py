@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pipeline.publish.files import write_png_atomic
+from pipeline.publish.files import results_in, write_png_atomic
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.publisher import LosslessSender, Publisher, SendTimeout
 from pipeline.publish.recorder import Recorder
@@ -136,15 +136,19 @@ class RecordOutput:
 
 
 class MaskFiles:
-    """``DIR/<frame name>.png`` masks (0/255, frame resolution), each written atomically."""
+    """``DIR/<frame name>.png`` masks (0/255, frame resolution), each written atomically. The folder holds this run's
+    masks only: a previous run's are removed when it opens (``run`` refuses them unless --overwrite)."""
 
     name = "masks"
     lossless = True
     overlay = None
+    owned = ("*.png",)
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for old in results_in(self.folder, self.owned):
+            old.unlink()
 
     def write(self, result: Result) -> None:
         if result.prediction is not None:

@@ -56,9 +56,10 @@ class _StreamLog:
 
     def sequence_of(self, frame_id: int) -> int:
         """The sequence ``frame_id`` belongs to: a new one when ids go back or leap ahead (a restarted sender, as the
-        subscriber counts jumps), so a restart never overwrites the masks of the frames recorded before it."""
+        subscriber counts jumps), so a restart never overwrites the masks of the frames recorded before it. A sequence
+        left empty by a failed write is reused."""
         current = self.sequences[-1] if self.sequences else None
-        if current is None or frame_id < current[-1] or frame_id > current[-1] + MAX_GAP:
+        if current is None or (current and (frame_id < current[-1] or frame_id > current[-1] + MAX_GAP)):
             self.sequences.append([])
         return len(self.sequences) - 1
 

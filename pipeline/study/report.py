@@ -3,7 +3,6 @@ shows, every one stamped RANDOM WEIGHTS when the scores come from random weights
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.publish.files import write_bytes_atomic, write_json_atomic  # noqa: E402
+from pipeline.publish.files import write_bytes_atomic, write_figure, write_json_atomic  # noqa: E402
 from pipeline.study.experiments import ExperimentResult  # noqa: E402
 
 METRICS = {"dice": "Dice", "iou": "IoU"}
@@ -125,12 +124,8 @@ def _strip_figure(examples: list[tuple[str, np.ndarray, np.ndarray]]) -> plt.Fig
 
 
 def _save(fig: plt.Figure, path: Path, stamp: str | None) -> Path:
-    """The figure as a PNG, written atomically, with ``stamp`` in red across its top."""
-    fig.tight_layout(rect=(0, 0, 1, 0.93) if stamp else None)
-    if stamp:
-        fig.text(0.01, 0.99, stamp, color="red", fontsize=9, fontweight="bold", va="top")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if stamp else None)  # room for the stamp across the top
+    write_figure(fig, path, stamp)
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
     return path
+
