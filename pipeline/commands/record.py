@@ -16,7 +16,7 @@ from typing import Iterator
 from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.recorder import MAX_STREAMS, Recorder, RecordError
+from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
 from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
 
 POLL_S = 0.2  # how soon a stop signal is noticed
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if rec.frames == 0:
         raise RecordError(f"no frames received from {args.address} ({NO_FRAMES_HINT})")
     refused = f", {rec.refused} frames of streams beyond the first {MAX_STREAMS} refused" if rec.refused else ""
+    if rec.unrecorded_overlays:
+        refused += f", {rec.unrecorded_overlays} overlays not in any video (frame size changed more than {MAX_SEGMENTS} times)"
     print(f"recorded {rec.frames} frames to {args.out}; {rx.counters()}{refused}")
     for stream_id, s in rec.summary()["streams"].items():
         segments = ", ".join(f"{v['file']} ({v['frames']} frames)" for v in s["video_segments"])

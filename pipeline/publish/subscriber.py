@@ -15,6 +15,7 @@ up as ``missed``; frame ids that start again from a lower value are a restart, n
 
 from __future__ import annotations
 
+import json
 import time
 
 import zmq
@@ -29,7 +30,8 @@ MAX_DRAIN = 256  # latest() returns even when frames arrive as fast as it can re
 MAX_STREAMS = 1024  # streams whose last frame id is remembered (the oldest is forgotten): a flood of ids is bounded
 REVIVE_S = 1.0  # a lost connection without a reconnect attempt for this long is made again by the subscriber
 CONNECTION_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECT_RETRIED
-MAX_GAP = 100_000  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
+MAX_GAP = 100_000
+MAX_HEADER_BYTES = 64 * 1024  # a malformed message's header is read for its ids only up to this size  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
 NO_FRAMES_HINT = "check the address and --stream; an encrypted publisher also needs --curve-client and --curve-server"
 
 Received = tuple[int, list[bytes]]  # (time.monotonic_ns() on receipt, multipart)
@@ -140,10 +142,17 @@ class Subscriber(Peer):
             header = decode_header(parts, max_bytes=self.max_bytes)
         except MessageError:
             self.malformed += 1
+            claimed = _claimed_ids(parts)  # counted once: not again as a missed frame when the next one comes
+            if claimed is not None and (self.stream_id is None or claimed[0] == self.stream_id):
+                self._note(*claimed)
             return None
-        stream, frame_id = header["stream_id"], header["frame_id"]
-        if self.stream_id is not None and stream != self.stream_id:
+        if self.stream_id is not None and header["stream_id"] != self.stream_id:
             return None
+        self._note(header["stream_id"], header["frame_id"])
+        return header
+
+    def _note(self, stream: str, frame_id: int) -> None:
+        """Count the gap (or jump) from the stream's previous id."""
         last = self._last_ids.pop(stream, None)  # re-inserted below: the dict stays in order of last use
         if last is not None and frame_id > last + 1:
             gap = frame_id - last - 1
@@ -156,7 +165,18 @@ class Subscriber(Peer):
         self._last_ids[stream] = frame_id
         if len(self._last_ids) > MAX_STREAMS:
             del self._last_ids[next(iter(self._last_ids))]
-        return header
+
+
+def _claimed_ids(parts: list[bytes]) -> tuple[str, int] | None:
+    """The stream and frame id a malformed message's header names, when it is readable JSON that names them."""
+    try:
+        header = json.loads(parts[1]) if len(parts) > 1 and len(parts[1]) <= MAX_HEADER_BYTES else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    stream, frame_id = header.get("stream_id"), header.get("frame_id")
+    return (stream, frame_id) if isinstance(stream, str) and type(frame_id) is int and frame_id >= 0 else None
 
 
 class LosslessReceiver(Subscriber):
