@@ -217,6 +217,7 @@ def test_output_paths_are_checked_before_the_model_loads(capsys, phantom_ref, tm
     fails(capsys, ["calibrate", str(images), "--out", str(tmp_path), *SMALL], "--out", "is a folder")
     fails(capsys, ["segment", str(images), "--reference", str(ref), "--out", str(a_file), "--weights", "random:0"], "--out", "is not a folder")
     fails(capsys, ["record", "tcp://127.0.0.1:9", "--out", str(recording), "--max-frames", "1"], "--out", "already holds a recording")
+    fails(capsys, ["view", "tcp://127.0.0.1:9", "--headless-snapshot", str(tmp_path)], "--headless-snapshot", "is a folder")
 
 
 def test_sources_that_share_a_name_get_distinct_outputs(capsys, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
+from pipeline.commands.paths import check_output_file
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.subscriber import Subscriber
 from pipeline.publish.viewer import show, snapshot
@@ -21,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.headless_snapshot is not None:
+        check_output_file(args.headless_snapshot, "--headless-snapshot")
     with Subscriber(args.address, stream_id=args.stream, curve=client_from_args(args)) as sub:
         if args.headless_snapshot is not None:
             n = snapshot(sub, args.headless_snapshot, max_frames=args.max_frames or 1, timeout=args.timeout)
