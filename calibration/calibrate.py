@@ -145,8 +145,9 @@ def calibrate(
     recorded = asdict(settings)
     if settings.remove_outliers:
         cosine = cls_cosines(cls_keys)
-        keep = np.flatnonzero(cosine >= settings.outlier_threshold)
-        recorded["outliers"] = [{"frame": names[i], "cls_cosine": float(cosine[i])} for i in np.flatnonzero(cosine < settings.outlier_threshold)]
+        inlier = cosine >= settings.outlier_threshold
+        keep = np.flatnonzero(inlier)
+        recorded["outliers"] = [{"frame": names[i], "cls_cosine": float(cosine[i])} for i in np.flatnonzero(~inlier)]
         if keep.size == 0:
             raise BonestreamError(f"outlier removal kept no frame (CLS cosines {np.round(cosine, 3).tolist()} all < {settings.outlier_threshold})")
         images, names, keys = [images[i] for i in keep], [names[i] for i in keep], keys[keep]

@@ -92,10 +92,11 @@ def _distinct_outputs(sources: Sequence[Source]) -> None:
             source.names[index] = name
     # a stream's frames are named STEM_<number> (videos, DICOM, the phantom): an image with such a name steps aside
     stems = [source.stem for source in sources if not isinstance(source, ImageSource)]
-    frame_name = re.compile("^(?:%s)_\\d+$" % "|".join(map(re.escape, stems))) if stems else None
-    for source in sources:
-        if frame_name is not None and isinstance(source, ImageSource):
-            source.names = [f"{n}_image" if frame_name.match(n) else n for n in source.names]
+    if stems:
+        frame_name = re.compile("^(?:%s)_\\d+$" % "|".join(map(re.escape, stems)))
+        for source in sources:
+            if isinstance(source, ImageSource):
+                source.names = [f"{n}_image" if frame_name.match(n) else n for n in source.names]
 
 
 def spread_indices(total: int, count: int) -> list[int]:

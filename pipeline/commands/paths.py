@@ -51,7 +51,6 @@ def check_new_recording(path: Path | None, what: str) -> None:
             raise OutputPathError(f"{what}: {exc}") from None
 
 
-
 def check_fresh_results(path: Path | None, what: str, owned: Sequence[str], overwrite: bool) -> None:
     """A results folder holds one run: a previous run's files (``owned`` patterns) are refused, so old masks can
     never pass for new ones (evaluate would score them), unless the user says ``--overwrite`` (the job then removes

@@ -30,8 +30,8 @@ MAX_DRAIN = 256  # latest() returns even when frames arrive as fast as it can re
 MAX_STREAMS = 1024  # streams whose last frame id is remembered (the oldest is forgotten): a flood of ids is bounded
 REVIVE_S = 1.0  # a lost connection without a reconnect attempt for this long is made again by the subscriber
 CONNECTION_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECT_RETRIED
-MAX_GAP = 100_000
-MAX_HEADER_BYTES = 64 * 1024  # a malformed message's header is read for its ids only up to this size  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
+MAX_GAP = 100_000  # a forward jump larger than this is a new sequence (a restarted sender), not that many missed frames
+MAX_HEADER_BYTES = 64 * 1024  # a malformed message's header is read for its ids only up to this size
 NO_FRAMES_HINT = "check the address and --stream; an encrypted publisher also needs --curve-client and --curve-server"
 
 Received = tuple[int, list[bytes]]  # (time.monotonic_ns() on receipt, multipart)
