@@ -54,6 +54,7 @@ def since_capture_ms(msg: FrameMessage) -> tuple[float, float | None]:
 
 
 def random_warning(msg: FrameMessage) -> str | None:
+    """What every view of a random-weights stream says first."""
     return f"RANDOM WEIGHTS ({msg.weights}): plumbing only, not anatomy" if msg.random_weights else None
 
 
