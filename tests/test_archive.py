@@ -190,3 +190,17 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path):
     )
     assert done.returncode == 2 and "pip install 'bonestream[archive]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_workers_that_cannot_fit_or_start_are_one_line(exams, tmp_path, capsys):
+    base = ["archive", str(exams["exams"]), "--reference", str(exams["reference"]), "--out", str(tmp_path / "out"),
+            "--weights", "random:0", "--no-progress"]
+    assert main([*base, "--workers", "3"]) == 2  # the module's Ray has 2 CPUs: a third actor would wait for ever
+    assert "3 workers x 1 CPU need 3 CPUs, the Ray cluster has 2" in capsys.readouterr().err
+    assert main([*base, "--device", "cuda", "--workers", "1"]) == 2
+    assert "the Ray cluster has 0" in capsys.readouterr().err
+    assert main([*base, "--workers", "1", "--backend", "tensorrt"]) == 2  # no CUDA here: the engine cannot be built
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bonestream archive: error: a worker could not start: ") and "tensorrt" in err.lower()
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / MANIFEST).exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import shutil
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from pipeline.archive.worker import PARTIAL, ArchiveWorker, WorkerConfig, one_li
 INSTALL = "Ray is not installed; install the archive extra: pip install 'bonestream[archive]'"
 ATTEMPTS = 2  # a recording whose worker process dies is tried once more, on a new worker
 LOCK = ".archive.lock"
+_RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.+)$")  # a traceback's last line
 
 
 def import_ray() -> ModuleType:
@@ -104,6 +106,7 @@ class WorkerPool:
 
     def __init__(self, ray: ModuleType, config: WorkerConfig, options: ClusterOptions) -> None:
         gpus = options.gpu_fraction if config.device == "cuda" else 0
+        _check_room(ray, options.workers, options.cpus_per_worker, gpus)
         self.ray = ray
         self.actor = ray.remote(ArchiveWorker).options(num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=0)
         self.config = config
@@ -120,11 +123,24 @@ class WorkerPool:
         return fresh
 
 
+def _check_room(ray: ModuleType, workers: int, cpus: int, gpus: float) -> None:
+    """Actors that do not fit would wait for resources for ever: say so instead, before any is started."""
+    have = ray.cluster_resources()
+    for name, each in (("CPU", cpus), ("GPU", gpus)):
+        if workers * each > have.get(name, 0) + 1e-9:
+            raise BonestreamError(
+                f"{workers} workers x {each:g} {name} need {workers * each:g} {name}s, the Ray cluster has {have.get(name, 0):g}; "
+                "pass fewer --workers" + (" or a smaller --gpu-fraction" if name == "GPU" else " or --cpus-per-worker")
+            )
+
+
 def _cause(exc: BaseException) -> str:
-    """The worker's own error inside Ray's wrapping (its last traceback line), or Ray's first line."""
+    """The worker's own error inside Ray's wrapping (the traceback's last ``Type: message`` line), else Ray's first line."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    errors = [line for line in lines if "Error: " in line or "Exception: " in line]
-    return (errors or lines or [type(exc).__name__])[-1 if errors else 0]
+    raised = [m for m in map(_RAISED.match, lines) if m]
+    if raised:
+        return f"{raised[-1]['type'].rpartition('.')[2]}: {raised[-1]['message']}"
+    return lines[0] if lines else type(exc).__name__
 
 
 def process_all(
@@ -176,6 +192,7 @@ def archive(
     out_dir = Path(config.out_dir)
     with exclusive(out_dir):
         manifest = Manifest.open(out_dir)
+        report.manifest_unreadable = manifest.unreadable
         todo, report.skipped = plan(recordings, manifest, report.reference)
         report.recordings = len(recordings)
         if todo:

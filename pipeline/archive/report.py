@@ -26,6 +26,7 @@ class ArchiveReport:
     failed: list[dict[str, Any]] = field(default_factory=list)
     retried: int = 0  # attempts repeated because their worker process died
     workers_lost: int = 0
+    manifest_unreadable: int = 0  # lines of the manifest that did not parse (a torn last line): ignored
     startup_s: float = 0.0  # Ray and the workers' models, before the first recording
     wall_s: float = 0.0
     per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -64,6 +65,7 @@ class ArchiveReport:
             "workers": self.workers,
             "retried_after_worker_loss": self.retried,
             "workers_lost": self.workers_lost,
+            "manifest_unreadable_lines": self.manifest_unreadable,
             "per_worker": workers,
             "failures": [{"key": f["key"], "source": f["source"], "error": f["error"]} for f in self.failed],
             "skipped_recordings": self.skipped,
