@@ -93,7 +93,7 @@ def test_archive_processes_all_and_reports_the_corrupt_one(exams, tmp_path):
     rc, summary = archive(exams, out, str(exams["exams"]), str(exams["broken"]))
     assert rc == 1  # a failure is reported in the exit code, after every other recording was done
     want = expected_frames()
-    assert (summary["recordings"], summary["done"], summary["failed"], summary["skipped"]) == (5, 4, 1, 0)
+    assert (summary["recordings"], summary["done"], summary["failed"], summary["skipped"], summary["workers"]) == (5, 4, 1, 0, 2)
     assert summary["frames"] == sum(want.values()) and summary["frames_per_s"] > 0
     assert summary["random_weights"] and summary["note"] == RANDOM_WEIGHTS_NOTE
     assert sum(w["frames"] for w in summary["per_worker"].values()) == summary["frames"]
@@ -109,7 +109,7 @@ def test_archive_processes_all_and_reports_the_corrupt_one(exams, tmp_path):
     # a re-run skips what is done (no output touched) and tries the failed one again
     stamps = {key: (out / key / "recording.json").stat().st_mtime_ns for key in want}
     rc, again = archive(exams, out, str(exams["exams"]), str(exams["broken"]))
-    assert rc == 1 and (again["skipped"], again["done"], again["failed"]) == (4, 0, 1)
+    assert rc == 1 and (again["skipped"], again["done"], again["failed"], again["workers"]) == (4, 0, 1, 1)
     assert {key: (out / key / "recording.json").stat().st_mtime_ns for key in want} == stamps
     assert len(manifest(out)) == len(lines) + 1
 
@@ -117,7 +117,7 @@ def test_archive_processes_all_and_reports_the_corrupt_one(exams, tmp_path):
     moved = exams["exams"].parent / "moved"
     os.symlink(exams["exams"], moved)
     rc, third = archive(exams, out, str(moved))
-    assert rc == 0 and (third["skipped"], third["done"], third["startup_s"]) == (4, 0, 0)
+    assert rc == 0 and (third["skipped"], third["done"], third["workers"], third["startup_s"]) == (4, 0, 0, 0)
 
 
 def kill_one_busy_worker(killed: list[int], stop: threading.Event) -> None:

@@ -102,15 +102,15 @@ def plan(recordings: Sequence[Recording], manifest: Manifest, reference_id: str)
 
 
 class WorkerPool:
-    """``workers`` ArchiveWorker actors, each holding its CPUs (and GPU fraction) for the whole run."""
+    """``count`` ArchiveWorker actors, each holding its CPUs (and GPU fraction) for the whole run."""
 
-    def __init__(self, ray: ModuleType, config: WorkerConfig, options: ClusterOptions) -> None:
+    def __init__(self, ray: ModuleType, config: WorkerConfig, options: ClusterOptions, count: int) -> None:
         gpus = options.gpu_fraction if config.device == "cuda" else 0
-        _check_room(ray, options.workers, options.cpus_per_worker, gpus)
+        _check_room(ray, count, options.cpus_per_worker, gpus)
         self.ray = ray
         self.actor = ray.remote(ArchiveWorker).options(num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=0)
         self.config = config
-        self.actors = [self.actor.remote(config) for _ in range(options.workers)]
+        self.actors = [self.actor.remote(config) for _ in range(count)]
         try:  # a worker that cannot build its segmenter (weights, device) fails here, once, before any recording
             ray.get([a.pid.remote() for a in self.actors])
         except ray.exceptions.RayError as exc:
@@ -181,6 +181,7 @@ def process_all(
             manifest.append(line)
             report.add(line)
             bar.update(1)
+            bar.set_postfix(frames=report.frames, failed=len(report.failed), refresh=False)
 
 
 def archive(
@@ -198,8 +199,9 @@ def archive(
         if todo:
             started = time.perf_counter()
             with ray_session(ray, options):
-                pool = WorkerPool(ray, config, options)
+                pool = WorkerPool(ray, config, options, min(options.workers, len(todo)))  # no idle models
                 report.startup_s = time.perf_counter() - started
+                report.workers = len(pool.actors)
                 started = time.perf_counter()
                 process_all(pool, todo, manifest, report, report.reference, progress=progress)
                 report.wall_s = time.perf_counter() - started

@@ -19,7 +19,7 @@ class ArchiveReport:
     reference: str
     weights: str
     random_weights: bool
-    workers: int
+    workers: int = 0  # started: one per recording to do, up to --workers
     recordings: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
     done: list[dict[str, Any]] = field(default_factory=list)

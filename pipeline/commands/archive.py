@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, batch_size=args.batch_size, refine=args.refine, overlay=args.overlay, threads=args.cpus_per_worker,
     )
     options = ClusterOptions(args.workers, args.cpus_per_worker, args.gpu_fraction, args.address)
-    report = ArchiveReport(reference.id, identity.label, identity.is_random, args.workers)
+    report = ArchiveReport(reference.id, identity.label, identity.is_random)
     archive(hashed(recordings, progress=args.progress), config, options, report, progress=args.progress)
     print(report.table())
     print(f"wrote {out_dir / SUMMARY}")
