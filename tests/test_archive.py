@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,3 +205,23 @@ def test_workers_that_cannot_fit_or_start_are_one_line(exams, tmp_path, capsys):
     assert err.startswith("bonestream archive: error: a worker could not start: ") and "tensorrt" in err.lower()
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_recordings_are_keyed_by_input_name_and_path_and_outputs_are_not_walked(exams, tmp_path):
+    from pipeline.archive.recordings import ArchiveInputError, find_recordings
+
+    out = exams["exams"] / "results"  # an output folder inside an input: its overlay videos are no recordings
+    (out / "x").mkdir(parents=True, exist_ok=True)
+    (out / "x" / "p1_overlay.mp4").write_bytes(b"")
+    (exams["exams"] / "ward_a" / ".p1.mp4.partial").write_bytes(b"")
+    try:
+        keys = [r.key for r in find_recordings([exams["exams"], exams["broken"] / "broken.mp4"], out)]
+    finally:
+        (exams["exams"] / "ward_a" / ".p1.mp4.partial").unlink()
+        shutil.rmtree(out)
+    assert sorted(keys) == sorted([*expected_frames(), "broken.mp4"])
+    twin = tmp_path / "elsewhere" / "exams"
+    (twin / "ward_a").mkdir(parents=True)
+    (twin / "ward_a" / "p1.mp4").write_bytes((exams["exams"] / "ward_a" / "p1.mp4").read_bytes())
+    with pytest.raises(ArchiveInputError, match="would share the output folder exams/ward_a/p1.mp4"):
+        find_recordings([exams["exams"], twin], tmp_path / "out")

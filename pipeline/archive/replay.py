@@ -26,7 +26,7 @@ from models.errors import BonestreamError
 from pipeline.archive.manifest import Manifest
 from pipeline.archive.recordings import Recording
 from pipeline.archive.report import ArchiveReport
-from pipeline.archive.worker import PARTIAL, ArchiveWorker, WorkerConfig, one_line
+from pipeline.archive.worker import PARTIAL, ArchiveWorker, WorkerConfig
 
 INSTALL = "Ray is not installed; install the archive extra: pip install 'bonestream[archive]'"
 ATTEMPTS = 2  # a recording whose worker process dies is tried once more, on a new worker
@@ -144,7 +144,7 @@ def _cause(exc: BaseException) -> str:
 
 
 def process_all(
-    pool: WorkerPool, todo: Sequence[Recording], manifest: Manifest, report: ArchiveReport, reference_id: str, *, progress: bool = True
+    pool: WorkerPool, todo: Sequence[Recording], manifest: Manifest, report: ArchiveReport, *, progress: bool = True
 ) -> None:
     """One recording per idle actor until all are done or failed; each result is in the manifest before the next."""
     ray = pool.ray
@@ -175,7 +175,7 @@ def process_all(
                 result = {"status": "failed", "error": _cause(exc), "frames": 0, "seconds": None, "worker": None}
                 idle.append(actor)
             line = {
-                "key": rec.key, "source": str(rec.path), "sha256": rec.sha256, "reference": reference_id, "attempt": attempt,
+                "key": rec.key, "source": str(rec.path), "sha256": rec.sha256, "reference": report.reference, "attempt": attempt,
                 **result, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             manifest.append(line)
@@ -203,7 +203,7 @@ def archive(
                 report.startup_s = time.perf_counter() - started
                 report.workers = len(pool.actors)
                 started = time.perf_counter()
-                process_all(pool, todo, manifest, report, report.reference, progress=progress)
+                process_all(pool, todo, manifest, report, progress=progress)
                 report.wall_s = time.perf_counter() - started
         report.write(out_dir)
     return report
