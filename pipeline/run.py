@@ -374,7 +374,8 @@ class Pipeline:
             self._abort.set()
         self._stop.set()
         for stream in self.streams:
-            stream.interrupt()
+            if not stream.end_sent:  # a stream that already ended was not interrupted
+                stream.interrupt()
 
     # -- the batching stage ----------------------------------------------------------------------------
     def _limit(self, taken: list[tuple[Stream, Frame]]) -> int:

@@ -155,7 +155,7 @@ def _report(args: argparse.Namespace, specs: list[StreamSpec], streams: list[Str
         summary, seg = stream.summary, stream.engines.first
         report, json_path, _ = write_report(args.report / spec.id, spec.source, spec.pace, seg, summary)
         e2e = report["stages"][END_TO_END]
-        print(f"[{spec.id}] " + (f"refused: {summary.refused}" if summary.refused else ""))
+        print(f"[{spec.id}] {topic(spec.id).decode()}" + (f": refused: {summary.refused}" if summary.refused else ""))
         print_summary(summary)
         if e2e.get("count"):
             print(f"  end to end p50 {e2e['p50']:.1f} ms, p99 {e2e['p99']:.1f} ms over {e2e['count']} frames; report {json_path}")

@@ -76,15 +76,9 @@ def default_id(source: str) -> str:
 
 
 def with_ids(specs: Sequence[StreamSpec]) -> list[StreamSpec]:
-    """Every spec with its id: given ids are kept (and must be valid and distinct), others come from the source's
+    """Every spec with its id: given ids are kept (read_sources_file checked them), others come from the source's
     stem, a repeated one numbered (``phantom``, ``phantom-2``) so that topics and output folders never collide."""
-    given = [s.id for s in specs if s.id is not None]
-    for sid in given:
-        if not STREAM_ID.fullmatch(sid):
-            raise BonestreamError(f"stream id {sid!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    if len(set(given)) != len(given):
-        raise BonestreamError(f"stream id {next(g for g in given if given.count(g) > 1)!r} is given to two streams")
-    taken = set(given)
+    taken = {s.id for s in specs if s.id is not None}
     out = []
     for spec in specs:
         if spec.id is None:
@@ -116,6 +110,8 @@ def _field(where: str, name: str, value: Any) -> Any:
         raise SourcesFileError(f"{where}: field {name!r}: {exc}") from None
     if name in ("source", "id", "reference") and not value.strip():
         raise SourcesFileError(f"{where}: field {name!r} is empty")
+    if name == "id" and not STREAM_ID.fullmatch(value):
+        raise SourcesFileError(f"{where}: field 'id' {value!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     return value
 
 
@@ -158,6 +154,10 @@ def read_sources_file(path: Path, defaults: StreamSpec) -> list[StreamSpec]:
         if "reference" in values:
             values["reference"] = _local(Path(path).parent, values["reference"])
         specs.append(replace(defaults, **values))
+    ids = [s.id for s in specs if s.id is not None]
+    twice = next((sid for sid in ids if ids.count(sid) > 1), None)
+    if twice is not None:
+        raise SourcesFileError(f"{path}: stream id {twice!r} is given to two streams")
     missing = next((i for i, s in enumerate(specs, 1) if s.reference is None), None)
     if missing is not None:
         raise SourcesFileError(f"{path}: stream {missing} has no 'reference' and no --reference was given")
