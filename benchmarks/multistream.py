@@ -76,13 +76,13 @@ class ClipStream(Source):
     live = False
 
     def __init__(self, frames: FrameSet, fps: float, count: int, offset: float, name: str) -> None:
-        self.frames, self.fps, self.count, self.offset = frames, fps, count, offset
+        self.frames, self.fps, self.n_frames, self.offset = frames, fps, count, offset
         self.name = self.stem = name
 
     def __iter__(self) -> Iterator[Frame]:
         time.sleep(self.offset)
         n = len(self.frames.images)
-        for i in range(self.count):
+        for i in range(self.n_frames):
             yield Frame(i, self.frames.images[i % n], f"{self.name}_{i:06d}", i / self.fps, time.monotonic_ns())
 
 
@@ -195,8 +195,9 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     tx.set_xlabel("streams")
     tx.set_ylabel("total frames / s")
     tx.legend(fontsize=8)
-    fig.suptitle(f"{doc['meta']['device_description']}, {rows[0]['fps']:g} fps per stream", fontsize=9)
-    fig.tight_layout()
+    ax.set_title(f"{doc['meta']['device_description']}, {rows[0]['fps']:g} fps per stream", fontsize=8)
+    tx.set_title(f"engines {', '.join(map(str, doc['meta']['static_batches']))}, max batch delay {doc['settings']['max_batch_delay_ms']:g} ms", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the stamp
     write_figure(fig, path, RANDOM_NOTE if doc["meta"]["random_weights"] else None)
     plt.close(fig)
     return path

@@ -176,8 +176,7 @@ class Stream:
         self.on_result: Callable[[Result], None] | None = None
         # on CUDA results stay on the device until encode; there the copies run on their own stream
         device = engines.device
-        self.on_device = device.type == "cuda"
-        self._encode_stream = torch.cuda.Stream(device) if self.on_device else None
+        self._encode_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def interrupt(self) -> None:
         """Stop reading: live sources are closed at once so a capture blocked on the device wakes; a replay source

@@ -242,3 +242,9 @@ def test_each_static_batch_is_its_own_cuda_graph(engines, model, random_identity
     together = cuda.for_frames(3).predict(frames)  # padded to the 4-frame graph
     alone = [cuda.for_frames(1).predict([f])[0] for f in frames]
     assert all(np.array_equal(t.mask, a.mask) for t, a in zip(together, alone))
+
+
+def test_max_batch_delay_is_bounded_at_parse_time(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "a.mp4", "b.mp4", "--reference", "r.json", "--max-batch-delay", "5000"])
+    assert exit_.value.code == 2 and "--max-batch-delay: 5000 is out of range" in capsys.readouterr().err

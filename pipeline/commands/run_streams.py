@@ -16,7 +16,6 @@ import argparse
 import sys
 from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from calibration.reference import Reference
