@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -154,6 +155,16 @@ def test_a_partial_batch_waits_at_most_the_delay(engines) -> None:
     summary = pipeline.run()
     assert summary.published == 4 and source.waited_out == 0
     assert dict(pipeline.batches) == {1: 4}  # each call ran alone on the 1-frame engine, the batch of 2 never filled
+
+
+def test_a_stop_ends_every_stream_and_what_was_read_is_processed(engines) -> None:
+    config = RunConfig()
+    streams = [Stream(PhantomSource(replace(PHANTOM, n_frames=200, seed=i)), engines, [], config) for i in range(2)]
+    pipeline = Pipeline.of_streams(streams, config)
+    pipeline.on_result = lambda r: pipeline.stop() if r.frame.id == 3 else None
+    pipeline.run()
+    for summary in pipeline.summaries:
+        assert summary.interrupted and 0 < summary.read < 200 and summary.processed == summary.published == summary.read and not summary.failed
 
 
 def write_toml(path: Path, text: str) -> Path:
