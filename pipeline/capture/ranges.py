@@ -63,6 +63,8 @@ class RangedSource(Source):
         return itertools.islice(self.source.frames_from(self.frames.start), None if end is None else end - self.frames.start)
 
     def __getattr__(self, name: str) -> Any:  # a device's counters (dropped, reconnects, gaps) read through
+        if name == "source":  # not set yet: no recursion
+            raise AttributeError(name)
         return getattr(self.source, name)
 
     def interrupt(self) -> None:

@@ -79,6 +79,8 @@ class TimestampedSource(Source):
         return self.frames_from(0)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet: no recursion
+            raise AttributeError(name)
         return getattr(self.source, name)
 
     def interrupt(self) -> None:

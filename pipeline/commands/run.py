@@ -12,9 +12,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from models.errors import BonestreamError
-from pipeline.capture.open import open_source
+from calibration.reference import Reference
+from pipeline.capture.frame import Source
+from pipeline.capture.open import as_live, open_source
 from pipeline.capture.pacing import paced
-from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
+from pipeline.capture.ranges import select_frames
+from pipeline.capture.timestamps import TimestampedSource, read_timestamps
+from pipeline.commands.common import (
+    add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
+)
 from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
@@ -23,7 +29,9 @@ from pipeline.publish.files import write_json_atomic
 from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
 from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
 from pipeline.publish.recorder import Recorder
+from pipeline.publish.transport import check_bind
 from pipeline.run import Pipeline, RunConfig
+from pipeline.status import StatusLine, pipeline_status
 
 
 def _pace(text: str) -> str | float:
@@ -53,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
     p.add_argument("--pace", type=_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
     p.add_argument("--loop", action="store_true", help="loop a file source (ids keep increasing)")
+    p.add_argument(
+        "--timestamps", type=Path, default=None, metavar="FILE",
+        help="replay at the times in FILE instead of --pace: one time in seconds per line (line i: frame i), or CSV "
+        "lines frame,seconds (the source's frame ids); blank lines, # comments and one header line skipped",
+    )
+    add_range_arguments(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
     mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
@@ -65,11 +79,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_refine_argument(p)
 
 
-def _open(args: argparse.Namespace):
-    source = open_source(args.source, fps=args.fps, live=args.live)
-    if not source.live and (args.pace != "max" or args.loop):
-        source = paced(source, args.pace, loop=args.loop)
-    return source
+def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
+    """The source (range, timestamps, live or paced replay) and the reference fitted to it, all checked before the
+    model loads. Nothing is read from a device here: it is opened when the run starts."""
+    if args.timestamps is not None and args.pace != "max":
+        raise BonestreamError(f"--timestamps {args.timestamps} sets the replay pace; leave out --pace {args.pace}")
+    source = open_source(args.source, fps=args.fps)
+    if args.timestamps is not None and (source.live or args.live):
+        raise BonestreamError(f"--timestamps {args.timestamps} paces a replay; a live source arrives at its own pace")
+    frames = frame_range(args)
+    frames.check(source)
+    reference = reference_for(args, [source])
+    if args.timestamps is not None:
+        source = TimestampedSource(source, read_timestamps(args.timestamps), args.timestamps, frames.start, frames.end)
+    source = as_live(select_frames(source, frames), args.live)
+    pace = "realtime" if args.timestamps is not None else args.pace
+    if not source.live and (pace != "max" or args.loop):
+        source = paced(source, pace, loop=args.loop)
+    return source, reference
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +104,15 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.masks, "--masks")
     check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
     check_output_dir(args.report, "--report")
-    seg = load_segmenter(args)
+    curve = server_from_args(args)
+    for address in (args.publish, args.lossless):
+        if address:
+            check_bind(address, curve, args.insecure)
+    source, reference = _open(args)
+    seg = load_segmenter(args, reference)
     announce_weights(seg.weights.label, seg.weights.warning)
-    source = _open(args)
     for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
         (args.report / previous).unlink(missing_ok=True)
-    curve = server_from_args(args)
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
@@ -105,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         )
         pipeline = Pipeline(source, seg, outputs, config)
         _stop_on_signals(pipeline)
-        summary = pipeline.run()
+        with StatusLine(pipeline_status(pipeline), enabled=args.progress):
+            summary = pipeline.run()
     return _report(args, seg, summary)
 
 
@@ -122,7 +153,9 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
     meta = {
         "source": args.source,
         "mode": "live" if summary.live else "replay",
-        "pace": args.pace,
+        "pace": "timestamps" if args.timestamps else args.pace,
+        "timestamps": str(args.timestamps) if args.timestamps else None,
+        "range": frame_range(args).to_dict(),
         "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
         "geometry": seg.geometry.to_dict(),
         "weights": seg.weights.to_dict(),
@@ -135,7 +168,7 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
     if seg.weights.is_random:
         title += " (RANDOM WEIGHTS)"
     json_path, png_path = write_latency_report(report, summary.latency, args.report, title=title)
-    write_json_atomic(args.report / "run_summary.json", summary.to_dict())
+    write_json_atomic(args.report / "run_summary.json", {**summary.to_dict(), "range": meta["range"], "timestamps": meta["timestamps"]})
     if summary.refused:
         raise BonestreamError(f"{summary.refused} (the run stopped at the source's first frame)")
     for line in summary.lines():

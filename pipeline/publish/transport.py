@@ -39,6 +39,13 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def check_bind(address: str, curve: CurveServerConfig | None, insecure: bool) -> None:
+    """Frames are patient data: a non-loopback bind needs CURVE, or the user's explicit ``insecure`` (checked by
+    commands before the model loads, and again at the bind)."""
+    if curve is None and not insecure and not is_loopback(address):
+        raise TransportError(f"refusing to bind {address} without encryption: it is reachable from other hosts; use {SECURITY_FLAGS}")
+
+
 class Peer:
     """Owns a socket and its context; use as a context manager or call close()."""
 
@@ -51,10 +58,12 @@ class Peer:
             self.socket.setsockopt(option, value)
 
     def _bind(self, address: str, curve: CurveServerConfig | None, insecure: bool) -> None:
-        """Frames are patient data: a non-loopback bind needs CURVE, or the user's explicit ``insecure``."""
-        if curve is None and not insecure and not is_loopback(address):
+        """Binds ``address`` once check_bind allows it."""
+        try:
+            check_bind(address, curve, insecure)
+        except TransportError:
             self.close()
-            raise TransportError(f"refusing to bind {address} without encryption: it is reachable from other hosts; use {SECURITY_FLAGS}")
+            raise
         with self._closing_on_error("bind", address):
             if curve is not None:
                 self._authenticator = curve.apply(self.socket, self.context)
