@@ -19,7 +19,7 @@ def test_python_api_snippet_runs_offline(ultrabones: Path, tmp_path: Path, monke
     still = sorted((ultrabones / "sweep_frames").glob("*.png"))[0]
     shutil.copy(still, tmp_path / "frame.png")
     monkeypatch.chdir(tmp_path)
-    args = ["calibrate", "frame.png", "--out", "exam-ref.json", "--weights", "random:0", "--input-size", "32x40", "--k", "2", "--no-progress"]
+    args = ["calibrate", "frame.png", "--out", "exam-ref.json", "--weights", "random:0", "--input-size", "32x40", "--k", "2", "--sample-interval", "1", "--no-progress"]
     assert main(args) == 0
     capsys.readouterr()
     exec(compile(snippet, "README.md Python API", "exec"), {})  # no weights named: the reference's random:0
