@@ -14,8 +14,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 import torch
 
+from calibration.reference import Reference, ReferenceError
 from models.weights import random_state_dict
 from pipeline.cli import main
 
@@ -79,6 +81,10 @@ def test_checkpoint_file_in_official_layout(ultrabones: Path, tmp_path: Path, ca
     assert "RANDOM" not in capsys.readouterr().out
     assert main(["segment", str(images / "162705.png"), "--reference", str(ref), "--out", str(tmp_path / "o"), "--weights", str(ckpt), "--no-progress"]) == 0
     assert (tmp_path / "o" / "masks" / "162705.png").is_file()
+    assert Reference.load(ref).weights_spec() == str(ckpt.resolve())  # --weights left out: the checkpoint it was made with
+    ckpt.unlink()
+    with pytest.raises(ReferenceError, match=f"weights file {ckpt.resolve()} .*not there; pass --weights PATH"):
+        Reference.load(ref).weights_spec()
 
 
 def _clip(src: Path, dst: Path, frames: int) -> None:
