@@ -12,7 +12,7 @@ graph (``models.encoder.ModelInput``). Normalisation always runs in the graph, f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
@@ -150,6 +150,24 @@ class Geometry:
                 f"{where}: size {image.shape[1]}x{image.shape[0]} (w x h) differs from the calibrated "
                 f"{self.frame_size[1]}x{self.frame_size[0]}; recalibrate for this source or fix the capture"
             )
+
+    def at_frame_size(self, size: tuple[int, int], where: str = "source") -> "Geometry":
+        """This geometry for frames of ``size`` (height, width): the reuse rule, defined here only.
+
+        The ROI (in source pixels) and the model input size are kept, so the crop, the resize and therefore the patch
+        grid and each patch's pixels are unchanged; rows and columns outside the ROI (a row the encoder padded) are
+        ignored and masked zero. A frame the ROI does not fit inside is refused: it would change what a patch sees."""
+        size = (int(size[0]), int(size[1]))
+        if size == tuple(self.frame_size):
+            return self
+        top, left, h, w = self.roi
+        if top + h > size[0] or left + w > size[1]:
+            raise FrameSizeError(
+                f"{where}: frames are {size[1]}x{size[0]} (w x h), calibrated {self.frame_size[1]}x{self.frame_size[0]}; "
+                f"the calibrated imaging area (roi top {top}, left {left}, {w}x{h}) does not fit inside them, so the "
+                "patches would change; recalibrate for this source"
+            )
+        return replace(self, frame_size=size)
 
     def crop(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
         """The ROI of a frame, as uint8 gray."""

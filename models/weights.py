@@ -453,6 +453,13 @@ def _parse_random(spec: str) -> int | None:
     return int(text)
 
 
+def random_label(spec: str) -> str | None:
+    """The label of a ``random[:SEED]`` spec, known without building anything (None for other specs), so a
+    mismatch with a reference is refused before any model is made."""
+    seed = _parse_random(spec.strip())
+    return None if seed is None else f"random:{seed}"
+
+
 def _resolve_spec(spec: str) -> tuple[dict[str, torch.Tensor], WeightsIdentity]:
     seed = _parse_random(spec)
     if seed is None:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from calibration.reference import Reference, ReferenceError
+from models.weights import random_label
+from pipeline.capture.frame import Source
+from pipeline.capture.open import frame_size
+from pipeline.capture.ranges import FrameRange
+from pipeline.commands.numbers import COUNT, POSITIVE_INT
 from pipeline.infer.graph import PRECISIONS
 from pipeline.infer.select import CHOICES
 from pipeline.segment.refine import REFINEMENTS
@@ -47,18 +53,47 @@ def add_refine_argument(p: argparse.ArgumentParser) -> None:
 
 
 def weights_for(reference: Reference, requested: str | None) -> str | None:
-    """Random references need the user to ask for random weights: never use them silently."""
-    if requested is None and reference.is_random:
-        raise ReferenceError(
-            f"the reference was calibrated with RANDOM weights ({reference.weights_label}); "
-            f"pass --weights {reference.weights_label} to run it (plumbing only)"
-        )
+    """The weights to load: the reference's own when none are named (Reference.weights_spec). A named random seed
+    that differs is refused here, before any model is built; a checkpoint's sha256 is compared once it is read."""
+    if requested is None:
+        return reference.weights_spec()
+    if (label := random_label(requested)) is not None:
+        reference.check_weights(label, f"--weights {requested}")
     return requested
 
 
-def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
-    """The segmenter the options ask for; prints the backend choice and every fallback."""
+def add_range_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=COUNT, default=0, metavar="N", help="first frame id to process, 0-based (default 0)")
+    p.add_argument("--stop", type=POSITIVE_INT, default=None, metavar="N", help="frame id to stop before (exclusive; default: the end)")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="process at most N frames")
+
+
+def frame_range(args: argparse.Namespace) -> FrameRange:
+    return FrameRange(args.start, args.stop, args.max_frames)
+
+
+def reference_for(args: argparse.Namespace, sources: Sequence[Source]) -> Reference:
+    """The reference, its weights and the sources' frame size checked before any model loads; fitted to that size
+    when the calibrated imaging area fits it (Geometry.at_frame_size)."""
     reference = Reference.load(args.reference)
+    weights_for(reference, args.weights)
+    return fit_reference(reference, sources)
+
+
+def fit_reference(reference: Reference, sources: Sequence[Source]) -> Reference:
+    """``reference`` fitted to the frame size its sources share (Geometry.at_frame_size): refused when the
+    calibrated imaging area does not fit a source, or when the sources differ in size."""
+    sizes = {s.name: size for s in sources if (size := frame_size(s)) is not None}
+    for name, size in sizes.items():
+        reference.geometry.at_frame_size(size, name)
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{name}: {w}x{h}" for name, (h, w) in sizes.items())
+        raise ReferenceError(f"sources differ in frame size ({detail}); label each size in a run of its own")
+    return reference.at_frame_size(sizes.popitem()[1], "source") if sizes else reference
+
+
+def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmenter:
+    """The segmenter the options ask for; prints the backend choice and every fallback."""
     seg = BoneSegmenter.create(
         reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
         batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress,

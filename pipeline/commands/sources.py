@@ -61,7 +61,7 @@ def parse_pace(text: str) -> str | float:
 
 def open_stream(spec: StreamSpec) -> Source:
     """The spec's source, paced as asked (a live source runs at its own rate)."""
-    source = open_source(spec.source, fps=spec.fps, live=spec.live)
+    source = open_source(spec.source, fps=spec.fps, live=spec.live, loop=spec.loop)
     if not source.live and (spec.pace != "max" or spec.loop):
         source = paced(source, spec.pace, loop=spec.loop)
     return source
