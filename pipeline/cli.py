@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "build inference engines ahead of time, each checked against fp32 torch on the calibration frames",
     "bench": "latency and throughput of backends x precisions x batch sizes side by side, with plots",
     "analyze": "the study's feature analyses: facet PCA images, CLS attention maps, truth scatter, contact sheets",
+    "adapt": "adapt the ViT-S/8 to your scanner: DINO self-distillation on unlabeled recordings, official-layout checkpoint",
 }
 
 
