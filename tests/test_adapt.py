@@ -52,15 +52,22 @@ def test_loss_decreases_on_a_fixed_batch(backbone, recordings) -> None:
     # the centre frozen (momentum 1): on one batch, centring alone would drive the teacher towards uniform
     adapter = Adapter(backbone, replace(TINY, loss=LossSettings(center_momentum=1.0)))
     batch = make_batch(recordings, 2, TINY.crops, TINY.view_gap, seed=0, step=0)
-    losses = [adapter.train_step(batch) for _ in range(6)]
-    assert losses[-1] < 0.75 * losses[0], losses
+    losses = [adapter.train_step(batch) for _ in range(4)]
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_teacher_is_the_students_moving_average_and_gets_no_gradient(backbone, recordings) -> None:
+@pytest.fixture(scope="module")
+def stepped(backbone, recordings) -> tuple[Adapter, list[torch.Tensor]]:
+    """An adapter after one step, and its teacher before it."""
     adapter = Adapter(backbone, TINY)
     teacher_before = params(adapter.teacher)
     assert all(torch.equal(t, s) for t, s in zip(teacher_before, params(adapter.student)))  # DINO starts them equal
     adapter.train_step(make_batch(recordings, 2, TINY.crops, TINY.view_gap, seed=0, step=0))
+    return adapter, teacher_before
+
+
+def test_teacher_is_the_students_moving_average_and_gets_no_gradient(stepped) -> None:
+    adapter, teacher_before = stepped
     m = adapter.momentum(0)
     assert 0.996 <= m < 1
     student_after = params(adapter.student)
@@ -108,9 +115,8 @@ def test_view_pairs_stay_within_the_gap_and_the_recording(recordings) -> None:
     assert any(differ) and rows == differ * 2
 
 
-def test_checkpoint_loads_strictly_and_calibrates(backbone, recordings, ultrabones, tmp_path) -> None:
-    adapter = Adapter(backbone, TINY)
-    adapter.train_step(make_batch(recordings, 2, TINY.crops, TINY.view_gap, seed=0, step=0))
+def test_checkpoint_loads_strictly_and_calibrates(stepped, backbone, ultrabones, tmp_path) -> None:
+    adapter = stepped[0]
     path = tmp_path / "adapted.pth"
     sha = save_backbone(path, adapter.teacher_backbone())
     model, identity = load_model(str(path))
@@ -127,21 +133,22 @@ def test_checkpoint_loads_strictly_and_calibrates(backbone, recordings, ultrabon
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(backbone, recordings, tmp_path) -> None:
-    settings = replace(TINY, steps=4, warmup_steps=1, freeze_last_layer_steps=1, teacher_temp_warmup_steps=2)
+    settings = replace(TINY, steps=2, teacher_temp_warmup_steps=2)
 
     def advance(adapter: Adapter, until: int) -> None:
         while adapter.step < until:
             adapter.train_step(make_batch(recordings, 2, settings.crops, settings.view_gap, settings.seed, adapter.step))
 
     whole = Adapter(backbone, settings)
-    advance(whole, 4)
+    advance(whole, 2)
     first = Adapter(backbone, settings)
-    advance(first, 2)
+    advance(first, 1)
     save_state(tmp_path / "run.state.pth", {"adapter": first.state_dict()})
     del first
-    resumed = Adapter(random_state_dict(3), settings)  # everything comes from the state file
+    resumed = Adapter({k: torch.zeros_like(v) for k, v in backbone.items()}, settings)  # all comes from the state file
     resumed.load_state_dict(load_state(tmp_path / "run.state.pth")["adapter"])
-    advance(resumed, 4)
+    assert resumed.step == 1
+    advance(resumed, 2)
     for a, b in zip(params(whole.student) + params(whole.teacher), params(resumed.student) + params(resumed.teacher)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole.loss.center, resumed.loss.center, rtol=0, atol=1e-6)
@@ -158,7 +165,7 @@ def write_frames(folder: Path, count: int) -> Path:
 def test_adapt_command_writes_a_loadable_labelled_checkpoint(tmp_path, capsys) -> None:
     frames = write_frames(tmp_path / "sweep", 4)
     out = tmp_path / "adapted.pth"
-    assert main(["adapt", str(frames), "--out", str(out), "--max-steps", "2", "--save-every", "1", *CLI_TINY]) == 0
+    assert main(["adapt", str(frames), "--out", str(out), "--max-steps", "2", *CLI_TINY]) == 0
     side = json.loads(out.with_suffix(".json").read_text())
     model, identity = load_model(str(out))
     assert side["sha256"] == identity.sha256 and side["steps"] == 2 and len(side["losses"]) == 2

@@ -46,8 +46,9 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def plot_losses(path: Path, losses: Sequence[float], title: str, stamp: str | None) -> Path:
-    """Per-step loss and its running mean over 5% of the run, so the trend reads through the batch noise."""
+def plot_losses(path: Path, losses: Sequence[float], title: str, stamp: str | None, out_dim: int) -> Path:
+    """Per-step loss and its running mean over 5% of the run, so the trend reads through the batch noise; a dashed
+    line at ln(out_dim), the loss when the teacher's output is uniform, which early DINO steps approach."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.subplots()
     steps = np.arange(1, len(losses) + 1)
@@ -56,6 +57,7 @@ def plot_losses(path: Path, losses: Sequence[float], title: str, stamp: str | No
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, lw=1.8, label=f"mean of {window} steps")
+    ax.axhline(np.log(out_dim), color="gray", ls="--", lw=1, label=f"ln {out_dim} (uniform teacher)")
     ax.set_xlabel("step")
     ax.set_ylabel("DINO loss")
     ax.set_title(title, fontsize=9)

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     sha = save_backbone(paths["checkpoint"], adapter.teacher_backbone())
     stamp = RANDOM_INIT_STAMP if identity.is_random else None
     title = f"bonestream adapt: {settings.steps} steps from {identity.label[:20]}, {adapter.device}"
-    plot_losses(paths["loss_curve"], losses, title, stamp)
+    plot_losses(paths["loss_curve"], losses, title, stamp, settings.head.out_dim)
     window = max(1, len(losses) // 20)
     summary = {
         "checkpoint": paths["checkpoint"].name, "sha256": sha, "weights": f"sha256:{sha}",
