@@ -174,6 +174,12 @@ def test_adapt_command_writes_a_loadable_labelled_checkpoint(tmp_path, capsys) -
     assert cv2.imread(str(tmp_path / "adapted-loss.png")) is not None
     assert main(["adapt", str(frames), "--out", str(out), *CLI_TINY]) == 2  # a previous run is not overwritten
     assert "--resume" in capsys.readouterr().err
+    other = write_frames(tmp_path / "other", 5)
+    assert main(["adapt", str(other), "--out", str(out), "--resume", *CLI_TINY]) == 2
+    assert "sources differ" in capsys.readouterr().err
+    assert main(["adapt", str(frames), "--out", str(out), "--resume", *CLI_TINY]) == 0  # finished: outputs rewritten
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["sha256"] == side["sha256"] and again["losses"] == side["losses"]
 
 
 @pytest.mark.parametrize("case, expected", [
