@@ -1,14 +1,19 @@
-"""Options several commands share, parsed the same way everywhere."""
+"""Options several commands share, parsed the same way everywhere.
+
+Like every module under pipeline/commands, it imports only light modules at its top (``bonestream --help`` then
+loads no torch, OpenCV or faiss); what runs the model is imported inside the functions that use it.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from calibration.reference import Reference, ReferenceError
-from pipeline.infer.graph import PRECISIONS
-from pipeline.infer.select import CHOICES
-from pipeline.segment.refine import REFINEMENTS
-from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS
+
+if TYPE_CHECKING:
+    from calibration.reference import Reference
+    from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
     "DINO ViT-S/8 weights: a checkpoint path, 'official' (default: $BONESTREAM_WEIGHTS, the user cache, then download), "
@@ -27,7 +32,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Weights, device and progress, and the engine that labels frames (backend, precision)."""
     add_weights_arguments(p)
     p.add_argument(
-        "--backend", choices=CHOICES, default="torch",
+        "--backend", choices=BACKEND_CHOICES, default="torch",
         help="inference backend for labelling frames (default torch); auto times every backend that runs here, keeps the "
         "fastest and reports each fallback with its reason",
     )
@@ -48,6 +53,8 @@ def add_refine_argument(p: argparse.ArgumentParser) -> None:
 
 def weights_for(reference: Reference, requested: str | None) -> str | None:
     """Random references need the user to ask for random weights: never use them silently."""
+    from calibration.reference import ReferenceError
+
     if requested is None and reference.is_random:
         raise ReferenceError(
             f"the reference was calibrated with RANDOM weights ({reference.weights_label}); "
@@ -58,6 +65,9 @@ def weights_for(reference: Reference, requested: str | None) -> str | None:
 
 def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
     """The segmenter the options ask for; prints the backend choice and every fallback."""
+    from calibration.reference import Reference
+    from pipeline.segment.segmenter import BoneSegmenter
+
     reference = Reference.load(args.reference)
     seg = BoneSegmenter.create(
         reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
@@ -67,5 +77,6 @@ def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
     return seg
 
 
-def announce_weights(label: str, warning: str | None) -> None:
-    print(f"weights: {label}" + (f"  ** {warning} **" if warning else ""))
+def announce_weights(label: str) -> None:
+    """Which weights run, on stdout. Random weights are also said once on stderr, by the loader (models.weights)."""
+    print(f"weights: {label}")

@@ -16,8 +16,6 @@ from typing import Iterator
 from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
-from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -49,6 +47,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
+    from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
+
     check_new_recording(Path(args.out), "--out")
     receiver = LosslessReceiver if args.lossless else Subscriber
     with (

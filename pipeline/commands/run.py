@@ -10,20 +10,17 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.errors import BonestreamError
-from pipeline.capture.open import open_source
-from pipeline.capture.pacing import paced
+from pipeline.choices import DEFAULT_ADDRESS
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
-from pipeline.publish.files import write_json_atomic
-from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
-from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
-from pipeline.publish.recorder import Recorder
-from pipeline.run import Pipeline, RunConfig
+
+if TYPE_CHECKING:
+    from pipeline.run import Pipeline
 
 
 def _pace(text: str) -> str | float:
@@ -66,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
+    from pipeline.capture.open import open_source
+    from pipeline.capture.pacing import paced
+
     source = open_source(args.source, fps=args.fps, live=args.live)
     if not source.live and (args.pace != "max" or args.loop):
         source = paced(source, args.pace, loop=args.loop)
@@ -73,12 +73,17 @@ def _open(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+    from pipeline.publish.publisher import LosslessSender, Publisher
+    from pipeline.publish.recorder import Recorder
+    from pipeline.run import Pipeline, RunConfig
+
     check_new_recording(args.record, "--record")
     check_output_dir(args.masks, "--masks")
     check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
     check_output_dir(args.report, "--report")
     seg = load_segmenter(args)
-    announce_weights(seg.weights.label, seg.weights.warning)
+    announce_weights(seg.weights.label)
     source = _open(args)
     for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
         (args.report / previous).unlink(missing_ok=True)
@@ -119,6 +124,9 @@ def _stop_on_signals(pipeline: Pipeline) -> None:
 
 
 def _report(args: argparse.Namespace, seg, summary) -> int:
+    from pipeline.latency import format_report, latency_report, write_latency_report
+    from pipeline.publish.files import write_json_atomic
+
     meta = {
         "source": args.source,
         "mode": "live" if summary.live else "replay",

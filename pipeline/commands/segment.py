@@ -8,7 +8,6 @@ from pathlib import Path
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_fresh_results, check_output_dir
-from pipeline.offline import SEGMENT_RESULTS, segment_sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,10 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.offline import SEGMENT_RESULTS, segment_sources
+
     check_output_dir(Path(args.out), "--out")
     check_fresh_results(Path(args.out), "--out", SEGMENT_RESULTS, args.overwrite)
     seg = load_segmenter(args)
-    announce_weights(seg.weights.label, seg.weights.warning)
+    announce_weights(seg.weights.label)
     summary = segment_sources(seg, args.sources, args.out, batch_size=args.batch_size, overlay=args.overlay, progress=args.progress)
     print(f"wrote {summary}")
     return 0

@@ -8,8 +8,6 @@ from pathlib import Path
 from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_output_file
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.subscriber import Subscriber
-from pipeline.publish.viewer import show, snapshot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.subscriber import Subscriber
+    from pipeline.publish.viewer import show, snapshot
+
     if args.headless_snapshot is not None:
         check_output_file(args.headless_snapshot, "--headless-snapshot")
     with Subscriber(args.address, stream_id=args.stream, curve=client_from_args(args)) as sub:
