@@ -149,8 +149,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     b.plot(t, [s["fds"] for s in result["samples"]], color="tab:orange")
     b.set_ylabel("open fds")
     b.set_xlabel("minutes")
-    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} % ({result['rss_slope_mb_per_hour']:+.1f} MiB/h), fds {result['fd_growth_pct']:+.2f} %", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} % ({result['rss_slope_mb_per_hour']:+.1f} MiB/h), fds {result['fd_growth_pct']:+.2f} %", fontsize=9, y=0.955)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # the top strip is the stamp's
     write_figure(fig, path, RANDOM_STAMP if result["random_weights"] else None)
     plt.close(fig)
 

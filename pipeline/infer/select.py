@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from pipeline.choices import BACKEND_CHOICES, BACKENDS
+from pipeline.choices import BACKEND_CHOICES
 from pipeline.infer.backend import Backend, BackendUnavailable, TorchBackend, require_cuda
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
