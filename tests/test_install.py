@@ -1,17 +1,21 @@
-"""setup.cfg's dependency rules, which pip cannot enforce: read from the file itself, so an edit that breaks one
-fails here instead of on a GPU machine."""
+"""setup.cfg's dependency rules, which pip cannot enforce, read from the file itself (an edit that breaks one fails
+here instead of on a GPU machine), and what an install without ONNX Runtime says."""
 
 from __future__ import annotations
 
 import configparser
 import re
+import sys
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from calibration.calibrate import PRESETS
 from pipeline.geometry_options import GEOMETRY_PRESETS
+from pipeline.infer.backend import BackendUnavailable
+from pipeline.infer.onnx_backend import import_onnxruntime
 
 SETUP = Path(__file__).resolve().parents[1] / "setup.cfg"
 
@@ -57,3 +61,13 @@ def test_gpu_builds_match_the_pinned_torch() -> None:
 def test_every_calibration_preset_has_its_geometry() -> None:
     """The CLI offers GEOMETRY_PRESETS' names for --preset (light to import); calibration must know each of them."""
     assert sorted(GEOMETRY_PRESETS) == sorted(PRESETS)
+
+
+def test_without_onnxruntime_the_backend_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without [cpu] or [gpu] has no onnxruntime: the ONNX backend is then unavailable with one line
+    naming both extras (None in sys.modules makes the import fail as a missing package does)."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable) as error:
+        import_onnxruntime()
+    message = str(error.value)
+    assert "\n" not in message and "bonestream[cpu]" in message and "bonestream[gpu]" in message
