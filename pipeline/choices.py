@@ -1,7 +1,7 @@
 """The names the command line offers (backends, precisions, refinements, truth kinds) and the default address.
 
-Plain constants with no imports, so ``bonestream <command> --help`` builds its parser without loading torch,
-OpenCV or ZeroMQ; the modules that implement each choice import it from here, so it is defined once.
+Plain constants with no imports, so ``bonestream <command> --help`` builds its parser without loading torch or
+OpenCV; the modules that implement each choice import it from here, so it is defined once.
 """
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt")
