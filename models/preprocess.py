@@ -19,12 +19,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from models.architecture import IMAGENET_MEAN, IMAGENET_STD, PATCH
 from models.errors import FrameError, FrameSizeError
+from models.resampling import DEFAULT_RESAMPLING, DEVICE_RESAMPLING, HOST_METHODS, RESAMPLING
 from models.vit import grid_size
-from models.weights import PATCH
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # applied in the graph (models.encoder), folded into the patch embedding
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (uint8 image, (height, width)) -> uint8 image
 
 
@@ -38,19 +36,13 @@ def _opencv(flag: int) -> Resize:
     return lambda image, size: cv2.resize(image, (size[1], size[0]), interpolation=flag)
 
 
-HOST_RESAMPLING: dict[str, Resize] = {  # on the host, uint8 in and out, reproducible on any machine
-    "pil-lanczos": _pil_lanczos,  # equal to the original code's and the study's preprocessing
-    "lanczos": _opencv(cv2.INTER_LANCZOS4),  # OpenCV's Lanczos-4: a fixed 8x8 kernel, so it aliases when shrinking
-    "area": _opencv(cv2.INTER_AREA),
-    "linear": _opencv(cv2.INTER_LINEAR),
-    "cubic": _opencv(cv2.INTER_CUBIC),
-}
-DEFAULT_RESAMPLING = "pil-lanczos"
-DEVICE_RESAMPLING = {  # torch on the model's device, antialiased (F.interpolate(antialias=True)), float out
-    "bilinear-aa": "bilinear",
-    "bicubic-aa": "bicubic",
-}
-RESAMPLING = (*HOST_RESAMPLING, *DEVICE_RESAMPLING)
+HOST_RESAMPLING: dict[str, Resize] = dict(zip(HOST_METHODS, (  # in models.resampling.HOST_METHODS' order
+    _pil_lanczos,  # pil-lanczos: equal to the original code's and the study's preprocessing
+    _opencv(cv2.INTER_LANCZOS4),  # lanczos: OpenCV's Lanczos-4, a fixed 8x8 kernel, so it aliases when shrinking
+    _opencv(cv2.INTER_AREA),
+    _opencv(cv2.INTER_LINEAR),
+    _opencv(cv2.INTER_CUBIC),
+), strict=True))
 
 
 def to_gray(image: np.ndarray, where: str = "frame") -> np.ndarray:

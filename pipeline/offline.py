@@ -12,47 +12,19 @@ from tqdm import tqdm
 
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.reference import Reference
-from models.errors import BonestreamError
-from models.preprocess import DEFAULT_RESAMPLING, Geometry, parse_roi
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame, Source
 from pipeline.capture.images import ImageSource
 from pipeline.capture.open import open_sources, sample_frames
 from pipeline.capture.ranges import FrameRange, select_frames
+from pipeline.geometry_options import GeometryOptions
 from pipeline.publish.files import VideoWriter, results_in, write_json_atomic, write_png_atomic
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
 
-@dataclass(frozen=True)
-class GeometryOptions:
-    """How to derive the geometry from the reference frames (the result is stored in the reference)."""
-
-    roi: str = "auto"
-    short_side: int = 224
-    input_size: tuple[int, int] | None = None
-    stride: int = 8
-    resampling: str = DEFAULT_RESAMPLING
-    round_sides: bool = True  # False: the short side exactly, the long side truncated (the original's Resize(int))
-
-    def build(self, frames: Sequence[Frame]) -> Geometry:
-        sizes = {f.image.shape[:2] for f in frames}
-        if len(sizes) != 1:
-            detail = ", ".join(f"{f.name}: {f.image.shape[1]}x{f.image.shape[0]}" for f in frames[:6])
-            raise BonestreamError(f"reference frames differ in size ({detail}); calibrate one geometry at a time")
-        images = [f.image for f in frames]
-        return Geometry.fit(
-            sizes.pop(), parse_roi(self.roi, images), self.short_side, self.input_size, self.stride, self.resampling,
-            self.round_sides,
-        )
-
-
 SEGMENT_RESULTS = ("summary.json", "evaluation.json", "masks/*.png", "overlays/*.png", "*_overlay.mp4")
-GEOMETRY_PRESETS = {  # calibration presets (calibration.calibrate.PRESETS) also fix how frames become model input
-    "study": GeometryOptions(),
-    "original": GeometryOptions(roi="full", stride=4, resampling="pil-lanczos", round_sides=False),
-}
 
 
 def calibrate_sources(

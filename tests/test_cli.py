@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from calibration.reference import Reference, ReferenceError
-from models.weights import random_state_dict
+from models.weights import WeightsIdentity, random_state_dict
 from pipeline.cli import main
 
 SMALL = ["--short-side", "48", "--sample-interval", "2", "--no-progress"]
@@ -29,7 +29,7 @@ def test_calibrate_segment_evaluate_on_labelled_frames(ultrabones: Path, tmp_pat
     ref = tmp_path / "ref.json"
     assert main(["calibrate", str(images), "--out", str(ref), "--weights", "random:0", *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM WEIGHTS" in out and "reference" in out
+    assert "weights: random:0" in out and "reference" in out  # the RANDOM WEIGHTS notice: stderr, once (test_light_cli)
     doc = json.loads(ref.read_text())["payload"]
     assert len(doc["frames"]) == 8 and doc["weights"]["label"] == "random:0"
 
@@ -136,7 +136,9 @@ def test_demo_without_weights_says_so_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "official DINO weights unavailable" in line]
-    assert len(lines) == 1 and "RANDOM" in lines[0]
+    assert len(lines) == 1 and "random:0" in lines[0]
+    # the model loads twice (calibration, then the segmenter), the notice is said once, on stderr
+    assert [line for line in result.stderr.splitlines() if "RANDOM WEIGHTS" in line] == [WeightsIdentity(kind="random", seed=0).warning]
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["weights"]["kind"] == "random"
 
 

@@ -11,23 +11,15 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm import tqdm
-
-from benchmarks.report import device_info
-from models.adapt.checkpoint import RANDOM_INIT_STAMP, load_state, plot_losses, save_backbone, save_state
-from models.adapt.crops import CropSettings
-from models.adapt.head import HeadSettings
-from models.adapt.train import Adapter, AdaptSettings
-from models.adapt.views import make_batch
 from models.errors import BonestreamError
-from models.weights import WeightsIdentity, resolve_weights
-from pipeline.capture.recordings import hold_recordings
 from pipeline.commands.common import announce_weights
 from pipeline.commands.numbers import COUNT, POSITIVE_INT, SIDE, number
 from pipeline.commands.paths import check_output_file
-from pipeline.publish.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from models.adapt.train import AdaptSettings
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
@@ -77,6 +69,10 @@ def check_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> None
 def settings_from(args: argparse.Namespace, frames: int) -> tuple[AdaptSettings, int]:
     """The run's settings and steps per epoch. Schedules follow DINO's proportions of a 100-epoch run: 10 % warm-up,
     teacher temperature warm-up over 30 %, last layer frozen for the first epoch."""
+    from models.adapt.crops import CropSettings
+    from models.adapt.head import HeadSettings
+    from models.adapt.train import AdaptSettings
+
     per_epoch = math.ceil(frames / args.batch_size)
     steps = min(args.epochs * per_epoch, args.max_steps or math.inf)
     crops = CropSettings(global_size=args.global_size, local_size=args.local_size, local_crops=args.local_crops)
@@ -89,6 +85,17 @@ def settings_from(args: argparse.Namespace, frames: int) -> tuple[AdaptSettings,
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from benchmarks.report import device_info
+    from models.adapt.checkpoint import RANDOM_INIT_STAMP, load_state, plot_losses, save_backbone, save_state
+    from models.adapt.train import Adapter, AdaptSettings
+    from models.adapt.views import make_batch
+    from models.weights import WeightsIdentity, resolve_weights
+    from pipeline.capture.recordings import hold_recordings
+    from pipeline.publish.files import write_json_atomic
+
     paths = outputs(Path(args.out))
     check_outputs(paths, args.resume, args.overwrite)
     held = hold_recordings(args.sources, roi=args.roi, max_side=args.max_side, progress=args.progress)
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         settings, per_epoch = settings_from(args, frames)
         backbone, identity = resolve_weights(args.init, progress=args.progress)
         losses, wall_s = [], 0.0
-    announce_weights(f"init {identity.label}", identity.warning)
+    announce_weights(f"init {identity.label}")
     adapter = Adapter(backbone, settings, args.device)
     if state is not None:
         adapter.load_state_dict(state["adapter"])

@@ -13,9 +13,6 @@ from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.commands.signals import stop_on_signals
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
-from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
-from pipeline.status import StatusLine, record_status
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -36,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
+    from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
+    from pipeline.status import StatusLine, record_status
+
     check_new_recording(Path(args.out), "--out")
     receiver = LosslessReceiver if args.lossless else Subscriber
     with (

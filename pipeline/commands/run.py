@@ -12,29 +12,22 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from calibration.reference import Reference
 from models.errors import BonestreamError
-from pipeline.capture.frame import Source
-from pipeline.capture.open import as_live, open_source
-from pipeline.capture.pacing import paced
-from pipeline.capture.ranges import select_frames
-from pipeline.capture.timestamps import TimestampedSource, read_timestamps
+from pipeline.choices import DEFAULT_ADDRESS
 from pipeline.commands.common import (
     add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
 )
 from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE_INT, SECONDS
-from pipeline.commands.sources import parse_pace
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.latency import format_report, latency_report, write_latency_report
+from pipeline.commands.sources import parse_pace
 from pipeline.publish.curve import add_server_arguments, server_from_args
-from pipeline.publish.files import write_json_atomic
-from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
-from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
-from pipeline.publish.recorder import Recorder
-from pipeline.publish.transport import check_bind
-from pipeline.run import Pipeline, RunConfig, RunSummary
-from pipeline.status import StatusLine, pipeline_status
+
+if TYPE_CHECKING:
+    from calibration.reference import Reference
+    from pipeline.capture.frame import Source
+    from pipeline.run import Pipeline, RunSummary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
     """The source (range, timestamps, live or paced replay) and the reference fitted to it, all checked before the
     model loads. Nothing is read from a device here: it is opened when the run starts."""
+    from pipeline.capture.open import as_live, open_source
+    from pipeline.capture.pacing import paced
+    from pipeline.capture.ranges import select_frames
+    from pipeline.capture.timestamps import TimestampedSource, read_timestamps
+
     if args.timestamps is not None and args.pace != "max":
         raise BonestreamError(f"--timestamps {args.timestamps} sets the replay pace; leave out --pace {args.pace}")
     source = open_source(args.source, fps=args.fps)
@@ -103,6 +101,8 @@ def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
 
 def check_binds(args: argparse.Namespace, curve) -> None:
     """Every address this run binds, checked against the exposure rule before the model loads."""
+    from pipeline.publish.transport import check_bind
+
     for address in (args.publish, args.lossless):
         if address:
             check_bind(address, curve, args.insecure)
@@ -117,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.commands.run_streams import run_streams
 
         return run_streams(args)
+    from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+    from pipeline.publish.publisher import LosslessSender, Publisher
+    from pipeline.publish.recorder import Recorder
+    from pipeline.run import Pipeline, RunConfig
+    from pipeline.status import StatusLine, pipeline_status
+
     args.source = args.source[0]
     args.stream_id = args.stream_id or "us"
     if args.reference is None:
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     check_binds(args, curve)
     source, reference = _open(args)
     seg = load_segmenter(args, reference)
-    announce_weights(seg.weights.label, seg.weights.warning)
+    announce_weights(seg.weights.label)
     for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
         (args.report / previous).unlink(missing_ok=True)
     with ExitStack() as stack:
@@ -171,6 +177,9 @@ def _stop_on_signals(pipeline: Pipeline) -> None:
 def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: RunSummary, extra: dict | None = None) -> tuple[dict, Path, Path]:
     """A stream's latency report (JSON + CDF) and run summary in ``out_dir``; the report and its two files.
     ``extra`` (the frame range, a timestamps file) goes into both."""
+    from pipeline.latency import latency_report, write_latency_report
+    from pipeline.publish.files import write_json_atomic
+
     extra = extra or {}
     meta = {
         "source": source,
@@ -194,6 +203,8 @@ def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: Ru
 
 
 def _report(args: argparse.Namespace, seg, summary) -> int:
+    from pipeline.latency import format_report
+
     timing = {"timestamps": str(args.timestamps) if args.timestamps else None, "range": frame_range(args).to_dict()}
     pace = "timestamps" if args.timestamps else args.pace
     report, json_path, png_path = write_report(args.report, args.source, pace, seg, summary, timing)

@@ -90,7 +90,7 @@ def run_streams(args: argparse.Namespace) -> int:
             refs[path] = fit_reference(refs[path], [src for s, src in zip(specs, sources) if s.reference == path])
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
-        announce_weights(identity.label, identity.warning)
+        announce_weights(identity.label)
         spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size)
         engines: dict[str, StaticBatches] = {}
         for path, ref in refs.items():

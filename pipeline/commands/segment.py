@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.capture.open import open_sources
 from pipeline.commands.common import (
     add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
 )
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_fresh_results, check_output_dir
-from pipeline.offline import SEGMENT_RESULTS, segment_sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.capture.open import open_sources
+    from pipeline.offline import SEGMENT_RESULTS, segment_sources
+
     check_output_dir(Path(args.out), "--out")
     check_fresh_results(Path(args.out), "--out", SEGMENT_RESULTS, args.overwrite)
     frames = frame_range(args)
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         frames.check(source)
     reference = reference_for(args, sources)  # all checked before the model loads
     seg = load_segmenter(args, reference)
-    announce_weights(seg.weights.label, seg.weights.warning)
+    announce_weights(seg.weights.label)
     summary = segment_sources(
         seg, sources, args.out, batch_size=args.batch_size, overlay=args.overlay, progress=args.progress, frames=frames,
     )

@@ -24,12 +24,13 @@ from models.loader import load_model
 from models.placement import device_guard
 from models.preprocess import to_gray
 from models.weights import WeightsIdentity
+from pipeline.choices import REFINEMENTS
 from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, Selection, select_backend
 from pipeline.infer.staging import HostMirror, StageClock, StaticInput, ready
-from pipeline.segment.refine import REFINEMENTS, GrabCutRefiner
+from pipeline.segment.refine import GrabCutRefiner
 from pipeline.segment.render import RANDOM_STAMP, build_renderer
 
 Array = np.ndarray | torch.Tensor
