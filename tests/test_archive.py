@@ -178,8 +178,8 @@ def test_bad_inputs_are_one_line_before_ray_starts(exams, tmp_path, capsys):
     assert "notes.txt: not a video" in capsys.readouterr().err
     assert main([*base[:1], str(tmp_path / "missing"), *base[1:]]) == 2
     assert "missing: no such file or folder" in capsys.readouterr().err
-    assert main(["archive", str(exams["exams"]), "--reference", str(exams["reference"]), "--out", str(tmp_path / "o")]) == 2
-    assert "RANDOM weights" in capsys.readouterr().err  # a random reference needs --weights random:0 said aloud
+    assert main(["archive", str(exams["exams"]), "--reference", str(exams["reference"]), "--out", str(tmp_path / "o"), "--weights", "random:7"]) == 2
+    assert "calibrated with weights random:0" in capsys.readouterr().err  # other weights than the reference's: refused
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
