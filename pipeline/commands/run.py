@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from models.errors import BonestreamError
+from pipeline.capture.igtl import is_igtl, parse_spec
 from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
@@ -20,6 +21,8 @@ from pipeline.commands.paths import check_fresh_results, check_new_recording, ch
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
 from pipeline.publish.files import write_json_atomic
+from pipeline.publish.igtl import IgtlOutput
+from pipeline.publish.igtl_server import DEFAULT_HOST, DEFAULT_PORT, IgtlServer, check_bind, parse_address
 from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
 from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
 from pipeline.publish.recorder import Recorder
@@ -35,8 +38,18 @@ def _pace(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"{text!r}: realtime, max or frames per second (> 0)") from None
 
 
+def _igtl_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except BonestreamError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE", help="video, DICOM cine, image folder/glob, phantom[:N], or a device (0, /dev/video0, GStreamer pipeline)")
+    p.add_argument(
+        "source", metavar="SOURCE",
+        help="video, DICOM cine, image folder/glob, phantom[:N], a device (0, /dev/video0, GStreamer pipeline) or an OpenIGTLink IMAGE stream (igtl://HOST:PORT/DEVICE)",
+    )
     p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
     p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR", help=f"ZeroMQ PUB address (default {DEFAULT_ADDRESS}; loopback unless --insecure or CURVE)")
     p.add_argument("--no-publish", dest="publish", action="store_const", const=None, help="do not publish over ZeroMQ")
@@ -48,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--wait-timeout", type=SECONDS, default=30.0,
         help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
     )
+    p.add_argument(
+        "--igtl", type=_igtl_address, nargs="?", const=(DEFAULT_HOST, DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
+        help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {DEFAULT_HOST}:{DEFAULT_PORT}; loopback unless --insecure)",
+    )
+    p.add_argument("--spacing", type=POSITIVE, default=None, metavar="MM", help="mm per pixel for --igtl when the source states none (default 1.0)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
     p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
@@ -77,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.masks, "--masks")
     check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
     check_output_dir(args.report, "--report")
+    if args.igtl:
+        check_bind(*args.igtl, args.insecure)
+    if is_igtl(args.source):  # the server is only contacted once the pipeline starts; its address is checked now
+        parse_spec(args.source)
     seg = load_segmenter(args)
     announce_weights(seg.weights.label, seg.weights.warning)
     source = _open(args)
@@ -95,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
         if args.lossless:
             outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
             print(f"lossless PUSH on {args.lossless}")
+        if args.igtl:
+            server = IgtlServer(*args.igtl, insecure=args.insecure)
+            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing))
+            print(f"OpenIGTLink server on {server.address} (devices Image, Prediction)")
         if args.record:
             outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps)))
         if args.masks:
