@@ -95,6 +95,7 @@ class IgtlSource(GrabbedSource):
         self.gaps: list[tuple[float, float]] = []
         self._seen: dict[str, int] = {}  # "DEVICE (TYPE)" -> messages skipped
         self._next_id = 0
+        self._last_error = ""  # why the last connection attempt failed
         super().__init__()
 
     # -- connection ------------------------------------------------------------------------------------
@@ -111,7 +112,6 @@ class IgtlSource(GrabbedSource):
         started = time.monotonic()
         outage: float | None = None  # when the server went away, while reconnecting
         delay = 0.05
-        self._last_error = ""
         while not self._stop.is_set():
             conn = self._connect()
             if conn is None:

@@ -82,7 +82,7 @@ class IgtlOutput:
             "source_ts": "" if frame.source_ts is None else repr(frame.source_ts),
             "spacing_from": spacing_from,
         }
-        image = np.ascontiguousarray(to_gray(frame.image, f"{frame.name}"))
+        image = np.ascontiguousarray(to_gray(frame.image, frame.name))
         label = np.where(np.asarray(pred.mask) > 0, BONE_LABEL, 0).astype(np.uint8)
         self.server.send(
             image_message(image, IMAGE_DEVICE, spacing, captured_unix_s, frame.id, metadata)
