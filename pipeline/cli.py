@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "build inference engines ahead of time, each checked against fp32 torch on the calibration frames",
     "bench": "latency and throughput of backends x precisions x batch sizes side by side, with plots",
     "analyze": "the study's feature analyses: facet PCA images, CLS attention maps, truth scatter, contact sheets",
+    "archive": "segment every recording in folders of exams on Ray workers, resumably (manifest of what is done)",
 }
 
 

@@ -6,6 +6,9 @@ overlay once (nvJPEG on CUDA, OpenCV on the CPU) and builds the message once; ea
 worker behind its own queue, so no output sits on the inference path. Every edge declares its policy (Holoscan's
 lesson): live input keeps the newest frame and counts every drop per stage and per output; replay runs in
 lock-step and drops nothing, so every frame read is published or reported failed, by id.
+
+Several sources (probes) run as streams of one run: each has its own capture, hand-offs, encode stage, outputs,
+frame ids and summary; one batching stage feeds the engine with the next frame of each stream in turn.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections import Counter
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -26,6 +30,7 @@ from pipeline.capture.frame import Frame, Source
 from pipeline.handoff import STOP_GRACE_S, Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
 from pipeline.publish.encode import encode_prediction
+from pipeline.segment.batches import StaticBatches
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,8 @@ class RunConfig:
     output_queue: int = 8  # frames held before each output
     output_timeout: float = 30.0  # a lossless output that takes no frame for this long loses it (counted)
     close_timeout: float = 30.0  # at the end, time each output gets to drain its queue
-    batch_size: int = 1
+    batch_size: int = 1  # frames an engine call takes at most (at least the engines' largest static batch)
+    max_batch_delay_ms: float = 0.0  # how long a partial batch waits for more frames after its first
     make_message: Callable[[Result], Any] | None = None  # Result -> FrameMessage (publish.outputs.MessageFactory)
 
 
@@ -104,6 +110,7 @@ class RunSummary:
     latency: LatencyLog = field(default_factory=LatencyLog)  # per published frame: stage stamps, model time
     interrupted: bool = False
     refused: str | None = None  # the source's first frame was refused (e.g. another size): the run stopped there
+    batches: dict[int, int] = field(default_factory=dict)  # frames of this stream by the frames in their engine call
     wall_s: float = 0.0
 
     def lines(self) -> list[str]:
@@ -135,127 +142,81 @@ class RunSummary:
             "gaps_s": [[a, b] for a, b in self.gaps],
             "interrupted": self.interrupted,
             "refused": self.refused,
+            "batches": {str(k): v for k, v in sorted(self.batches.items())},
             "wall_s": self.wall_s,
         }
 
 
-class Pipeline:
-    """Runs one source through a segmenter into outputs until the source ends or ``stop()`` is called."""
+class Stream:
+    """One source's part of a run: its capture thread and hand-offs, its encode stage, its outputs, its accounting.
+    Streams share only the batching stage; one that fails or ends stops nothing else."""
 
-    def __init__(self, source: Source, segmenter: BoneSegmenter, outputs: Sequence[Output], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None) -> None:
+    def __init__(self, source: Source, engines: StaticBatches, outputs: Sequence[Output], config: RunConfig, *, live: bool | None = None,
+                 make_message: Callable[[Result], Any] | None = None) -> None:
         self.source = source
-        self.segmenter = segmenter
+        self.engines = engines
         self.outputs = list(outputs)
         self.config = config
-        self.live = source.live if config.live is None else config.live
-        self.on_result = on_result
-        self._stop = threading.Event()
-        self._abort = threading.Event()  # a second stop: nothing waits any longer
-        self._labelled_any = False
-        self._size_error: str | None = None  # the last frame refused for its size
-        drop = self.live
-        self.to_infer = Handoff("infer", config.queue_size, drop, _frame_id)
-        self.to_encode = Handoff("encode", config.queue_size, drop, _frame_id)
+        live = config.live if live is None else live
+        self.live = source.live if live is None else live
+        self.make_message = make_message if make_message is not None else config.make_message
+        self.stop = threading.Event()  # this stream reads no more (ended, refused, or the run is stopping)
+        self.ended = False  # the batching stage has seen its end
+        self.end_sent = False  # ... and passed it on to the encode stage
+        self.labelled_any = False
+        self.size_error: str | None = None  # the last frame refused for its size
+        self.to_infer = Handoff("infer", config.queue_size, self.live, _frame_id)
+        self.to_encode = Handoff("encode", config.queue_size, self.live, _frame_id)
         self.summary = RunSummary(source.name, self.live)
         needs = {o.overlay for o in self.outputs}
         self.overlay = bool(needs - {None})
         self.jpeg = "jpeg" in needs
         self.raw_overlay = "raw" in needs
         self.workers: list[SinkWorker[Result]] = []
+        self.on_result: Callable[[Result], None] | None = None
         # on CUDA results stay on the device until encode; there the copies run on their own stream
-        self.on_device = segmenter.device.type == "cuda"
-        self._encode_stream = torch.cuda.Stream(segmenter.device) if self.on_device else None
+        device = engines.device
+        self._encode_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def stop(self) -> None:
-        """Stop reading (safe from a signal handler); frames already read are still processed and published.
-        A second call aborts: no output is waited for any longer and frames not yet through are counted as dropped.
-
-        Live sources are closed at once so a capture blocked on the device wakes; a replay source is only
-        interrupted (a paced one sleeping until its next frame wakes) and closed by the capture thread."""
-        if self._stop.is_set():
-            self._abort.set()
-        self._stop.set()
+    def interrupt(self) -> None:
+        """Stop reading: live sources are closed at once so a capture blocked on the device wakes; a replay source
+        is only interrupted (a paced one sleeping until its next frame wakes) and closed by the capture thread."""
+        self.stop.set()
         self.summary.interrupted = True
         if self.live:
             self.source.close()
         else:
             self.source.interrupt()
 
-    # -- stages ----------------------------------------------------------------------------------------
-    def _capture(self) -> None:
+    def refuse(self, reason: str) -> None:
+        """A replay whose first frames all have another size than the reference: every frame after them would fail
+        the same way, so this stream stops reading (once, not as an abort) and says why in one line."""
+        if self.summary.refused is None:
+            self.summary.refused = reason
+            self.stop.set()
+
+    def fail(self, frame: Frame, stage: str, exc: BaseException) -> None:
+        self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
+        log.warning("%s frame %s failed in %s: %s", self.source.name, frame.id, stage, exc)  # also in the summary
+        log.debug("frame %s: %s", frame.id, traceback.format_exc(limit=3))
+
+    def capture(self, arrived: Callable[[], None]) -> None:
         try:
             for frame in self.source:
-                if self._stop.is_set():
+                if self.stop.is_set():
                     break
                 self.summary.read += 1
                 self.to_infer.put(frame)
+                arrived()
         except Stopped:
             pass
-        except Exception as exc:  # a source error ends the run but everything read is still accounted for
-            if not self._stop.is_set():
+        except Exception as exc:  # a source error ends this stream but everything read is still accounted for
+            if not self.stop.is_set():
                 self.summary.failed.append({"id": None, "stage": "capture", "error": f"{exc.__class__.__name__}: {exc}"})
-                log.error("capture stopped: %s", exc)
+                log.error("%s: capture stopped: %s", self.source.name, exc)
         finally:
             self.to_infer.put(_END, force=True)
-
-    def _batches(self) -> Iterator[list[Frame]]:
-        while (first := self.to_infer.get()) is not _END:
-            batch = [first]
-            end = False
-            while len(batch) < self.config.batch_size:
-                try:
-                    item = self.to_infer.get_nowait()
-                except TimeoutError:
-                    break
-                if item is _END:
-                    end = True
-                    break
-                batch.append(item)
-            yield batch
-            if end:
-                return
-
-    def _refuse(self, reason: str) -> None:
-        """A replay whose first frames all have another size than the reference: every frame after them would fail
-        the same way, so reading stops (once, not as an abort) and the run says why in one line."""
-        if self.summary.refused is None:
-            self.summary.refused = reason
-            self._stop.set()
-
-    def _fail(self, frame: Frame, stage: str, exc: BaseException) -> None:
-        self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
-        log.warning("frame %s failed in %s: %s", frame.id, stage, exc)  # the id and error are also in the summary
-        log.debug("frame %s: %s", frame.id, traceback.format_exc(limit=3))
-
-    def _predict(self, batch: list[Frame]) -> list[tuple[Frame, Prediction]]:
-        """The batch through the frame path; a bad frame fails alone (the rest of its batch is retried without it)."""
-        name = self.source.name
-        try:
-            preds = self.segmenter.predict([f.image for f in batch], [f"{name} frame {f.id}" for f in batch], overlay=self.overlay, tensors=self.on_device)
-            self._labelled_any = True
-            return list(zip(batch, preds))
-        except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], "preprocess" if isinstance(exc, FrameError) else "inference", exc)
-                if isinstance(exc, FrameSizeError):
-                    self._size_error = str(exc)
-                return []
-        return [pair for frame in batch for pair in self._predict([frame])]
-
-    def _infer(self) -> None:
-        try:
-            for batch in self._batches():
-                done = self._predict(batch)
-                if not done and not self._labelled_any and self._size_error and not self.live:
-                    self._refuse(self._size_error)
-                inferred = time.monotonic_ns()
-                for frame, prediction in done:
-                    result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"])
-                    self.to_encode.put(result)
-        except Stopped:
-            pass
-        finally:
-            self.to_encode.put(_END, force=True)
+            arrived()
 
     def _encode(self, result: Result) -> None:
         """Host mask (and raw overlay if an output wants pixels), the overlay's JPEG once, the message once."""
@@ -264,17 +225,17 @@ class Pipeline:
         if self.live:
             result.dropped = self.drop_counts()
         result.stamps["labelled"] = time.monotonic_ns()
-        if self.config.make_message is not None:
-            result.message = self.config.make_message(result)
+        if self.make_message is not None:
+            result.message = self.make_message(result)
 
-    def _encode_stage(self) -> None:
+    def encode_stage(self, abort: threading.Event) -> None:
         stream = torch.cuda.stream(self._encode_stream) if self._encode_stream is not None else nullcontext()
         with stream:
             while True:
                 try:
                     result = self.to_encode.get(timeout=0.2)
                 except TimeoutError:
-                    if self._abort.is_set():  # e.g. inference wedged: the run ends all the same
+                    if abort.is_set():  # e.g. inference wedged: the run ends all the same
                         return
                     continue
                 if result is _END:
@@ -282,50 +243,39 @@ class Pipeline:
                 try:
                     self._encode(result)
                 except Exception as exc:
-                    self._fail(result.frame, "encode", exc)
+                    self.fail(result.frame, "encode", exc)
                     continue
                 self.summary.processed += 1
                 for worker in self.workers:
                     worker.submit(result)
                 if not self.workers:
-                    self._published(result)
+                    self.published(result)
 
-    def _published(self, result: Result) -> None:
+    def published(self, result: Result) -> None:
         """Bookkeeping once the first output has sent the frame (or at once without outputs)."""
         result.stamps.setdefault("published", time.monotonic_ns())
         self.summary.latency.add(result.stamps, result.model_ms)
         if self.on_result is not None:
             self.on_result(result)
 
-    # -- driver ----------------------------------------------------------------------------------------
-    def run(self) -> RunSummary:
-        started = time.monotonic()
+    def start_outputs(self, abort: threading.Event) -> None:
         c = self.config
         self.workers = [
             SinkWorker(o, capacity=c.output_queue, lossless=o.lossless and not self.live, frame_id=_frame_id, put_timeout=c.output_timeout,
-                       on_written=self._published if i == 0 else None, abort=self._abort, stopping=self._stop)
+                       on_written=self.published if i == 0 else None, abort=abort, stopping=self.stop)
             for i, o in enumerate(self.outputs)
         ]
-        threads = [threading.Thread(target=fn, name=f"bonestream-{fn.__name__.strip('_')}", daemon=True) for fn in (self._capture, self._infer)]
-        for t in threads:
-            t.start()
-        try:
-            self._encode_stage()
-        finally:
-            self._stop.set()
-            for h in (self.to_infer, self.to_encode):
-                h.close()
-            for t in threads:
-                t.join(timeout=1 if self._abort.is_set() else 10)
-            for h in (self.to_infer, self.to_encode):  # only an abort leaves frames here: they count as dropped
-                h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
-            # a signal ends the run within seconds: outputs get a short grace, none after a second signal
-            grace = 1.0 if self._abort.is_set() else STOP_GRACE_S if self.summary.interrupted else c.close_timeout
-            for worker in self.workers:
-                self.summary.output_errors += worker.close(min(c.close_timeout, grace))
-            self._account()
-            self.summary.wall_s = time.monotonic() - started
-        return self.summary
+
+    def close(self, abort: threading.Event) -> None:
+        """After the stages: what an abort left queued counts as dropped, outputs close, every frame is accounted."""
+        for h in (self.to_infer, self.to_encode):  # only an abort leaves frames here: they count as dropped
+            h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
+        # a signal ends the run within seconds: outputs get a short grace, none after a second signal
+        c = self.config
+        grace = 1.0 if abort.is_set() else STOP_GRACE_S if self.summary.interrupted else c.close_timeout
+        for worker in self.workers:
+            self.summary.output_errors += worker.close(min(c.close_timeout, grace))
+        self._account()
 
     def drop_counts(self) -> dict[str, int]:
         """Frames dropped so far: by the capture device/mailbox, then before each stage and each output."""
@@ -354,6 +304,211 @@ class Pipeline:
             ]
             self.summary.outputs[w.name] = {"written": w.written, "dropped": len(w.dropped), "failed": len(w.failed)}
         self.summary.published = self.summary.processed - len(lost)
+
+
+class _Arrivals:
+    """Counts frames put on any stream's infer hand-off, so the batching stage sleeps until one arrives."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.count = 0
+
+    def signal(self) -> None:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait at most ``timeout`` s for an arrival after ``seen``; the count now."""
+        with self._cond:
+            if self.count == seen:
+                self._cond.wait(max(0.0, timeout))
+            return self.count
+
+
+class Pipeline:
+    """Runs sources through a segmenter into outputs until every source ends or ``stop()`` is called.
+
+    ``Pipeline(source, segmenter, outputs, config)`` is one stream; ``Pipeline.of_streams`` runs several, each with
+    its own capture, hand-offs, encode stage, outputs and summary, and one batching stage for all: it takes the
+    next frame of each stream in turn (round-robin, so none starves) up to the largest static batch of one engine
+    set, waits at most ``config.max_batch_delay_ms`` after the first frame for more, and runs the smallest static
+    batch that holds them."""
+
+    def __init__(self, source: Source, segmenter: BoneSegmenter, outputs: Sequence[Output], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None) -> None:
+        self._setup([Stream(source, StaticBatches.single(segmenter), outputs, config)], config, on_result)
+
+    @classmethod
+    def of_streams(cls, streams: Sequence[Stream], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None) -> "Pipeline":
+        if not streams:
+            raise ValueError("a run needs at least one stream")
+        pipeline = cls.__new__(cls)
+        pipeline._setup(list(streams), config, on_result)
+        return pipeline
+
+    def _setup(self, streams: list[Stream], config: RunConfig, on_result: Callable[[Result], None] | None) -> None:
+        self.streams = streams
+        self.config = config
+        self.on_result = on_result
+        self._stop = threading.Event()
+        self._abort = threading.Event()  # a second stop: nothing waits any longer
+        self._arrivals = _Arrivals()
+        self._turn = 0  # the stream the next batch starts from
+        self.batches: Counter[int] = Counter()  # engine calls by frames in them (before padding)
+
+    @property
+    def summary(self) -> RunSummary:
+        """The first stream's summary (the only one for a single source)."""
+        return self.streams[0].summary
+
+    @property
+    def summaries(self) -> list[RunSummary]:
+        return [s.summary for s in self.streams]
+
+    def stop(self) -> None:
+        """Stop reading every stream (safe from a signal handler); frames already read are still processed and
+        published. A second call aborts: no output is waited for any longer and frames not yet through are counted
+        as dropped."""
+        if self._stop.is_set():
+            self._abort.set()
+        self._stop.set()
+        for stream in self.streams:
+            if not stream.end_sent:  # a stream that already ended was not interrupted
+                stream.interrupt()
+
+    # -- the batching stage ----------------------------------------------------------------------------
+    def _limit(self, taken: list[tuple[Stream, Frame]]) -> int:
+        """Frames one engine call takes: the largest static batch of the batch's engine set."""
+        return max(self.config.batch_size, taken[0][0].engines.largest) if taken else 1
+
+    def _take_round(self, taken: list[tuple[Stream, Frame]]) -> bool:
+        """One frame from each stream that has one (of the batch's engine set), in turn; True if any was taken."""
+        n = len(self.streams)
+        progress = False
+        for k in range(n):
+            stream = self.streams[(self._turn + k) % n]
+            if stream.ended or (taken and (len(taken) >= self._limit(taken) or stream.engines is not taken[0][0].engines)):
+                continue
+            try:
+                item = stream.to_infer.get_nowait()
+            except TimeoutError:
+                continue
+            if item is _END:  # passed on at once, or after this batch's results (_end_streams), never ahead of them
+                stream.ended = True
+                if all(s is not stream for s, _ in taken):
+                    self._end_streams(lambda s: s is stream)
+                continue
+            taken.append((stream, item))
+            progress = True
+        return progress
+
+    def _gather(self) -> list[tuple[Stream, Frame]]:
+        """The frames of the next engine call: rounds over the streams until the batch is full, or until a round
+        finds nothing new once ``max_batch_delay_ms`` has passed since its first frame; none once every stream ended."""
+        taken: list[tuple[Stream, Frame]] = []
+        deadline = 0.0
+        seen = self._arrivals.count
+        while True:
+            had = len(taken)
+            progress = self._take_round(taken)
+            if taken and len(taken) >= self._limit(taken):
+                break
+            if taken and not had:
+                deadline = time.monotonic() + self.config.max_batch_delay_ms / 1e3
+            if progress:
+                continue
+            now = time.monotonic()
+            if all(s.ended for s in self.streams) or (taken and now >= deadline):
+                break
+            seen = self._arrivals.wait(seen, deadline - now if taken else 0.1)
+        if taken:
+            self._turn = (self.streams.index(taken[-1][0]) + 1) % len(self.streams)
+        return taken
+
+    def _predict(self, batch: list[tuple[Stream, Frame]]) -> list[tuple[Stream, Frame, Prediction]]:
+        """The batch through the frame path on the smallest static batch that holds it; a bad frame fails alone
+        (the rest of its batch is retried without it)."""
+        engines = batch[0][0].engines
+        segmenter = engines.for_frames(len(batch))
+        overlay = any(s.overlay for s, _ in batch)
+        try:
+            preds = segmenter.predict([f.image for _, f in batch], [f"{s.source.name} frame {f.id}" for s, f in batch], overlay=overlay, tensors=engines.device.type == "cuda")
+            for s, _ in batch:
+                s.labelled_any = True
+            return [(s, f, p) for (s, f), p in zip(batch, preds)]
+        except Exception as exc:
+            if len(batch) == 1:
+                stream, frame = batch[0]
+                stream.fail(frame, "preprocess" if isinstance(exc, FrameError) else "inference", exc)
+                if isinstance(exc, FrameSizeError):
+                    stream.size_error = str(exc)
+                return []
+        return [triple for pair in batch for triple in self._predict([pair])]
+
+    def _infer(self) -> None:
+        try:
+            while batch := self._gather():
+                self.batches[len(batch)] += 1
+                done = self._predict(batch)
+                inferred = time.monotonic_ns()
+                for stream in {s for s, _ in batch}:
+                    stream.summary.batches[len(batch)] = stream.summary.batches.get(len(batch), 0) + sum(1 for s, _ in batch if s is stream)
+                    if not stream.labelled_any and stream.size_error and not stream.live:
+                        stream.refuse(stream.size_error)
+                for stream, frame, prediction in done:
+                    stream.to_encode.put(Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"]))
+                self._end_streams(lambda s: s.ended)
+        except Stopped:
+            pass
+        finally:
+            self._end_streams(lambda s: True)
+
+    def _end_streams(self, which: Callable[[Stream], bool]) -> None:
+        """Tell each stream's encode stage that no more results come (once)."""
+        for stream in self.streams:
+            if which(stream) and not stream.end_sent:
+                stream.to_encode.put(_END, force=True)
+                stream.end_sent = True
+
+    # -- driver ----------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Run every stream to its end; the first stream's summary (``summaries`` has them all)."""
+        started = time.monotonic()
+        for stream in self.streams:
+            stream.on_result = self._on_result
+            stream.start_outputs(self._abort)
+        named = len(self.streams) > 1
+        threads = [threading.Thread(target=self._infer, name="bonestream-infer", daemon=True)]
+        for i, s in enumerate(self.streams):
+            suffix = f"-{i}" if named else ""
+            threads.append(threading.Thread(target=s.capture, args=(self._arrivals.signal,), name=f"bonestream-capture{suffix}", daemon=True))
+        encoders = [threading.Thread(target=s.encode_stage, args=(self._abort,), name=f"bonestream-encode{f'-{i}' if named else ''}", daemon=True) for i, s in enumerate(self.streams)]
+        for t in threads + encoders:
+            t.start()
+        try:
+            for t in encoders:
+                while t.is_alive():  # in slices: the main thread stays free for signal handlers
+                    t.join(0.2)
+        finally:
+            self._stop.set()
+            for stream in self.streams:
+                stream.stop.set()
+                for h in (stream.to_infer, stream.to_encode):
+                    h.close()
+            for t in threads:
+                t.join(timeout=1 if self._abort.is_set() else 10)
+            for stream in self.streams:
+                stream.close(self._abort)
+                stream.summary.wall_s = time.monotonic() - started
+        return self.summary
+
+    def _on_result(self, result: Result) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def drop_counts(self) -> dict[str, int]:
+        """The first stream's drops so far (see Stream.drop_counts)."""
+        return self.streams[0].drop_counts()
 
 
 def _frame_id(item: Frame | Result) -> int:

@@ -112,6 +112,8 @@ def test_bad_specs_and_exposed_binds_fail_before_the_model_loads(capsys, tmp_pat
     assert main(["run", "phantom:2", "--reference", absent, "--igtl", "0.0.0.0:0", "--report", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "refusing to bind OpenIGTLink on 0.0.0.0:0" in err and "--insecure" in err and "absent-ref" not in err
+    assert main(["run", "phantom:2", "phantom:3", "--reference", absent, "--igtl", "--report", str(tmp_path / "r")]) == 2
+    assert "--igtl serves one stream" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one line naming --igtl, exit 2
         main(["run", "phantom:2", "--reference", absent, "--igtl", "127.0.0.1:99999"])
     assert "argument --igtl: '127.0.0.1:99999': expected [HOST:]PORT" in capsys.readouterr().err

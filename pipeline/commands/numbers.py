@@ -35,6 +35,7 @@ FPS = number(float, 0.01, 1000)  # frame rates: a video stores them as a fractio
 SIDE = number(int, 8, 4096)  # model input sides, in pixels
 SECONDS = number(float, 0, 10**6)  # 0 allowed: do not wait
 FRACTION = number(float, 0, 1, above=True)
+BATCH_DELAY_MS = number(float, 0, 1000)  # a batching stage's wait for more frames: beyond a second no stream is live
 
 
 def listed(parse: Callable[[str], float]) -> Callable[[str], list]:

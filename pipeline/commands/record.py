@@ -6,15 +6,12 @@ Ctrl-C (SIGINT) or SIGTERM ends a recording normally: the video is finalised and
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
+from pipeline.commands.signals import stop_on_signals
 from pipeline.publish.curve import add_client_arguments, client_from_args
 from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
 from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
@@ -36,23 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_client_arguments(p)
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event instead of raising, so the loop ends between frames and files close cleanly."""
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def run(args: argparse.Namespace) -> int:
     check_new_recording(Path(args.out), "--out")
     receiver = LosslessReceiver if args.lossless else Subscriber
     with (
-        _stop_on_signals() as stop,
+        stop_on_signals() as stop,
         receiver(args.address, stream_id=args.stream, curve=client_from_args(args)) as rx,
         Recorder(args.out, fps=args.fps) as rec,
     ):

@@ -1,4 +1,6 @@
-"""bonestream run SOURCE --reference REF: the streaming pipeline, until the source ends or SIGINT/SIGTERM."""
+"""bonestream run SOURCE --reference REF: the streaming pipeline, until the source ends or SIGINT/SIGTERM.
+
+Several sources (``run SRC1 SRC2 ...`` or ``--sources FILE.toml``) run as streams of one pipeline: see run_streams."""
 
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ from pathlib import Path
 
 from models.errors import BonestreamError
 from pipeline.capture.igtl import is_igtl, parse_spec
-from pipeline.capture.open import open_source
-from pipeline.capture.pacing import paced
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
-from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
+from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
+from pipeline.commands.sources import StreamSpec, open_stream, parse_pace
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.latency import format_report, latency_report, write_latency_report
 from pipeline.publish.curve import add_server_arguments, server_from_args
@@ -26,16 +27,7 @@ from pipeline.publish.igtl_server import DEFAULT_HOST, DEFAULT_PORT, IgtlServer,
 from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
 from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
 from pipeline.publish.recorder import Recorder
-from pipeline.run import Pipeline, RunConfig
-
-
-def _pace(text: str) -> str | float:
-    if text in ("realtime", "max"):
-        return text
-    try:
-        return POSITIVE(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: realtime, max or frames per second (> 0)") from None
+from pipeline.run import Pipeline, RunConfig, RunSummary
 
 
 def _igtl_address(text: str) -> tuple[str, int]:
@@ -47,13 +39,14 @@ def _igtl_address(text: str) -> tuple[str, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "source", metavar="SOURCE",
-        help="video, DICOM cine, image folder/glob, phantom[:N], a device (0, /dev/video0, GStreamer pipeline) or an OpenIGTLink IMAGE stream (igtl://HOST:PORT/DEVICE)",
+        "source", metavar="SOURCE", nargs="*",
+        help="video, DICOM cine, image folder/glob, phantom[:N], a device (0, /dev/video0, GStreamer pipeline) or an OpenIGTLink IMAGE stream (igtl://HOST:PORT/DEVICE); several: one stream each",
     )
-    p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
+    p.add_argument("--sources", type=Path, default=None, metavar="FILE.toml", help="[[stream]] entries: source, id, reference, pace, fps, live, loop")
+    p.add_argument("--reference", default=None, help="reference file from `bonestream calibrate` (every stream's unless its entry names one)")
     p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR", help=f"ZeroMQ PUB address (default {DEFAULT_ADDRESS}; loopback unless --insecure or CURVE)")
     p.add_argument("--no-publish", dest="publish", action="store_const", const=None, help="do not publish over ZeroMQ")
-    p.add_argument("--stream-id", default="us", help="stream name in topics and headers (default us)")
+    p.add_argument("--stream-id", default="us", help="stream name in topics and headers (default us; several streams: each source's stem)")
     p.add_argument("--overlay", choices=("jpeg", "raw", "none"), default="jpeg", help="overlay image in messages (default jpeg)")
     p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
     p.add_argument("--wait-subscribers", type=COUNT, default=0, metavar="N", help="wait for N subscribers before the first frame")
@@ -69,13 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
     p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
-    p.add_argument("--pace", type=_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
+    p.add_argument("--pace", type=parse_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
     p.add_argument("--loop", action="store_true", help="loop a file source (ids keep increasing)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
     mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
     p.add_argument("--fps", type=FPS, default=20.0, help="frame rate of image folders and the phantom (default 20)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="frames per engine call, the engine's static batch (default 1; several streams: the largest of 1, 2, 4, ...)")
+    p.add_argument(
+        "--max-batch-delay", type=BATCH_DELAY_MS, default=2.0, metavar="MS",
+        help="how long a partial batch waits for more frames after its first (ms, default 2; 0: run what is queued)",
+    )
     p.add_argument("--queue-size", type=POSITIVE_INT, default=2, help="frames held between stages (default 2)")
     p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")
     add_server_arguments(p)
@@ -84,13 +81,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
-    source = open_source(args.source, fps=args.fps, live=args.live)
-    if not source.live and (args.pace != "max" or args.loop):
-        source = paced(source, args.pace, loop=args.loop)
-    return source
+    return open_stream(StreamSpec(args.source, pace=args.pace, fps=args.fps, live=args.live, loop=args.loop))
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sources is not None or len(args.source) != 1:
+        if args.igtl:
+            raise BonestreamError("--igtl serves one stream (devices Image and Prediction): run it with one source")
+        from pipeline.commands.run_streams import run_streams
+
+        return run_streams(args)
+    args.source = args.source[0]
+    if args.reference is None:
+        raise BonestreamError("--reference is required")
     check_new_recording(args.record, "--record")
     check_output_dir(args.masks, "--masks")
     check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if args.masks:
             outputs.append(MaskFiles(args.masks))
         config = RunConfig(
-            live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, output_timeout=args.wait_timeout,
+            live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, output_timeout=args.wait_timeout,
             make_message=MessageFactory(seg, args.stream_id),
         )
         pipeline = Pipeline(source, seg, outputs, config)
@@ -144,11 +147,12 @@ def _stop_on_signals(pipeline: Pipeline) -> None:
         signal.signal(sig, lambda *_: pipeline.stop())
 
 
-def _report(args: argparse.Namespace, seg, summary) -> int:
+def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: RunSummary) -> tuple[dict, Path, Path]:
+    """A stream's latency report (JSON + CDF) and run summary in ``out_dir``; the report and its two files."""
     meta = {
-        "source": args.source,
+        "source": source,
         "mode": "live" if summary.live else "replay",
-        "pace": args.pace,
+        "pace": pace,
         "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
         "geometry": seg.geometry.to_dict(),
         "weights": seg.weights.to_dict(),
@@ -157,19 +161,29 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
         "recorded_at_unix": time.time(),
     }
     report = latency_report(summary.latency, meta=meta)
-    title = f"{Path(args.source).name}: {seg.backend.name}/{seg.backend.device}, input {seg.geometry.input_size[0]}x{seg.geometry.input_size[1]}"
+    title = f"{Path(source).name}: {seg.backend.name}/{seg.backend.device}, input {seg.geometry.input_size[0]}x{seg.geometry.input_size[1]}"
     if seg.weights.is_random:
         title += " (RANDOM WEIGHTS)"
-    json_path, png_path = write_latency_report(report, summary.latency, args.report, title=title)
-    write_json_atomic(args.report / "run_summary.json", summary.to_dict())
+    json_path, png_path = write_latency_report(report, summary.latency, out_dir, title=title)
+    write_json_atomic(out_dir / "run_summary.json", summary.to_dict())
+    return report, json_path, png_path
+
+
+def _report(args: argparse.Namespace, seg, summary) -> int:
+    report, json_path, png_path = write_report(args.report, args.source, args.pace, seg, summary)
     if summary.refused:
         raise BonestreamError(f"{summary.refused} (the run stopped at the source's first frame)")
+    print_summary(summary)
+    print(format_report(report))
+    print(f"latency report: {json_path} and {png_path}")
+    return 1 if summary.failed or summary.output_errors else 0
+
+
+def print_summary(summary: RunSummary) -> None:
+    """Counts, failed frames and output errors of one stream, as printed at the end of a run."""
     for line in summary.lines():
         print(line)
     if summary.failed:
         print("failed frames: " + json.dumps(summary.failed[:10]) + (" ..." if len(summary.failed) > 10 else ""))
     for err in summary.output_errors[:5]:
         print(f"output error: {err}", file=sys.stderr)
-    print(format_report(report))
-    print(f"latency report: {json_path} and {png_path}")
-    return 1 if summary.failed or summary.output_errors else 0

@@ -171,7 +171,7 @@ def decode(parts: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES, header
     if header is None:
         header = decode_header(parts, max_bytes=max_bytes)
     mask = np.frombuffer(parts[2], np.uint8).reshape(header["mask"]["shape"])
-    overlay, encoding = None, "jpeg"
+    overlay, encoding, jpeg = None, "jpeg", None
     if header["overlay"] is not None:
         shape, encoding = header["overlay"]["shape"], header["overlay"]["encoding"]
         if encoding == "raw":
@@ -180,7 +180,7 @@ def decode(parts: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES, header
             bgr = cv2.imdecode(np.frombuffer(parts[3], np.uint8), cv2.IMREAD_COLOR)
             if bgr is None or bgr.shape != tuple(shape):
                 raise MessageError(f"overlay JPEG does not decode to {shape}")
-            overlay = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            overlay, jpeg = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), bytes(parts[3])  # kept: a browser takes it as sent
     return FrameMessage(
         stream_id=header["stream_id"],
         frame_id=header["frame_id"],
@@ -198,6 +198,7 @@ def decode(parts: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES, header
         published_unix_ns=header["published_unix_ns"],
         mask_resolution=header["mask"]["resolution"],
         overlay_encoding=encoding,
+        overlay_jpeg=jpeg,
         dropped=header.get("dropped"),
     )
 

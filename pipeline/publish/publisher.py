@@ -13,7 +13,9 @@ connected, pacing the replay to the recorder, so every frame arrives exactly onc
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import zmq
 
@@ -94,3 +96,27 @@ class LosslessSender(Peer):
             raise SendTimeout(f"{self.address}: no lossless consumer took frame {msg.frame_id} within {timeout} s")
         self.socket.send_multipart(msg.stamped().encode(), flags=zmq.NOBLOCK, copy=False)
         self.sent += 1
+
+
+class SharedSender:
+    """One socket for several streams' outputs (each stream publishes on its own topic through the same port):
+    ZeroMQ sockets are not thread-safe, so sends take turns under a lock, and the socket closes with the last
+    stream's output. Anything else is the wrapped sender's."""
+
+    def __init__(self, sender: Publisher | LosslessSender, users: int) -> None:
+        self.sender = sender
+        self.users = users
+        self._lock = threading.Lock()
+
+    def send(self, msg: FrameMessage, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self.sender.send(msg, *args, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                self.sender.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sender, name)

@@ -24,11 +24,12 @@ class TransportError(BonestreamError):
 
 
 def is_loopback(address: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost: reachable from this host only."""
+    """True for ipc://, inproc:// and tcp:// (or http://) on 127.0.0.0/8, ::1 or localhost: reachable from this
+    host only."""
     transport, _, rest = address.partition("://")
     if transport in ("ipc", "inproc"):
         return True
-    if transport != "tcp":
+    if transport not in ("tcp", "http"):
         return False
     host = rest.rpartition(":")[0].strip("[]") if ":" in rest else rest
     if host == "localhost":
@@ -37,6 +38,13 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def exposure_error(address: str, *, encrypted: bool, insecure: bool, remedy: str = SECURITY_FLAGS) -> TransportError | None:
+    """Frames are patient data: binding a non-loopback address needs encryption, or the user's explicit ``insecure``."""
+    if encrypted or insecure or is_loopback(address):
+        return None
+    return TransportError(f"refusing to bind {address} without encryption: it is reachable from other hosts; use {remedy}")
 
 
 class Peer:
@@ -51,10 +59,10 @@ class Peer:
             self.socket.setsockopt(option, value)
 
     def _bind(self, address: str, curve: CurveServerConfig | None, insecure: bool) -> None:
-        """Frames are patient data: a non-loopback bind needs CURVE, or the user's explicit ``insecure``."""
-        if curve is None and not insecure and not is_loopback(address):
+        """A non-loopback bind needs CURVE, or the user's explicit ``insecure`` (see exposure_error)."""
+        if (error := exposure_error(address, encrypted=curve is not None, insecure=insecure)) is not None:
             self.close()
-            raise TransportError(f"refusing to bind {address} without encryption: it is reachable from other hosts; use {SECURITY_FLAGS}")
+            raise error
         with self._closing_on_error("bind", address):
             if curve is not None:
                 self._authenticator = curve.apply(self.socket, self.context)

@@ -46,18 +46,29 @@ class RateMeter:
         return (len(self._times) - 1) * 1e9 / span if span > 0 else 0.0
 
 
-def _status_lines(msg: FrameMessage, fps: float, counters: Mapping[str, int]) -> list[tuple[str, tuple[int, int, int]]]:
+def since_capture_ms(msg: FrameMessage) -> tuple[float, float | None]:
+    """Milliseconds from capture to publication and (None until received) to receipt here."""
     captured = msg.timestamps_ns["captured"]
-    published_ms = (msg.timestamps_ns["published"] - captured) / 1e6
-    received = f", received {(msg.received_ns - captured) / 1e6:.1f} ms" if msg.received_ns is not None else ""
+    received = (msg.received_ns - captured) / 1e6 if msg.received_ns is not None else None
+    return (msg.timestamps_ns["published"] - captured) / 1e6, received
+
+
+def random_warning(msg: FrameMessage) -> str | None:
+    """What every view of a random-weights stream says first."""
+    return f"RANDOM WEIGHTS ({msg.weights}): plumbing only, not anatomy" if msg.random_weights else None
+
+
+def _status_lines(msg: FrameMessage, fps: float, counters: Mapping[str, int]) -> list[tuple[str, tuple[int, int, int]]]:
+    published_ms, received_ms = since_capture_ms(msg)
+    received = f", received {received_ms:.1f} ms" if received_ms is not None else ""
     dropped = sum((msg.dropped or {}).values())
     lines = [
         (f"{msg.stream_id} frame {msg.frame_id}  {fps:.1f} fps  bone {msg.foreground_fraction:.0%}", WHITE),
         (f"since capture: published {published_ms:.1f} ms{received}", WHITE),
         (f"missed {counters['missed']}  skipped {counters['skipped']}  malformed {counters['malformed']}  dropped upstream {dropped}", WHITE),
     ]
-    if msg.random_weights:
-        lines.insert(0, (f"RANDOM WEIGHTS ({msg.weights}): plumbing only, not anatomy", RED))
+    if (warning := random_warning(msg)) is not None:
+        lines.insert(0, (warning, RED))
     return lines
 
 
