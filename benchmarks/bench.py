@@ -3,7 +3,8 @@
     python -m benchmarks.bench [--device cuda] [--backends torch,onnxruntime] [--frames 1000] ...
     bonestream bench ...        (the same code)
 
-Writes ``<tag>.json``, ``<tag>.md`` and ``<tag>_*.png`` under ``benchmarks/results/<device>/`` and prints the table.
+Writes ``<tag>.json``, ``<tag>.md`` and ``<tag>_*.png`` in ``--out`` (default: the current folder) and prints the table;
+``--out benchmarks/results/<device>`` updates the results kept in the repository.
 Defaults depend on the device: on a GPU 1000 frames after 10 warm-up batches per configuration (Holoscan's count)
 and 16 paced streams; on the CPU a CI-sized run (20 frames, 1 warm-up batch, stated in the output).
 """
@@ -23,23 +24,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames
-from benchmarks.report import RESULTS, add_ratios, describe_device, device_info, device_slug, summarize_run, write_results
+from benchmarks.arguments import add_arguments
+from benchmarks.frames import FrameSet, default_clip, load_frames
+from benchmarks.report import add_ratios, describe_device, device_info, device_slug, summarize_run, write_results
 from benchmarks.runner import HOST_STAGES, Config, Run, Wire, memory_in_use_mb, take_turns, warm_up
 from benchmarks.streams import StreamLoad, paced_streams
 from benchmarks.targets import EQUAL_LABELS, check_targets
 from calibration.calibrate import calibrate
 from calibration.reference import Reference
+from models.errors import BonestreamError
 from models.loader import load_model
-from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING, Geometry, detect_roi
+from models.preprocess import Geometry, detect_roi
+from models.resampling import DEFAULT_RESAMPLING
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
-from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, input_size
+from pipeline.choices import BACKENDS
+from pipeline.commands.paths import check_output_dir
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import DTYPES
-from pipeline.infer.select import BACKENDS, BackendSpec, make_backend
+from pipeline.infer.select import BackendSpec, make_backend
 from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
@@ -68,8 +73,8 @@ class BenchSettings:
     streams: int = 0  # paced streams on the fastest configuration, 0 to skip
     stream_fps: float = 30.0
     stream_seconds: float = 4.0
-    clip: Path = SWEEP_CLIP
-    out: Path | None = None  # default benchmarks/results/<device slug>
+    clip: Path | None = None  # None: the shared sweep clip beside the repository if it is there, else the phantom
+    out: Path = Path(".")
     tag: str = "bench"
     cache_dir: str | None = None
 
@@ -107,7 +112,7 @@ def calibrated_reference(s: BenchSettings, frames: FrameSet, model: DinoViT, ide
 
 
 def prepare(s: BenchSettings) -> Bench:
-    frames = load_frames(min(s.frames, 1000), s.clip)
+    frames = load_frames(min(s.frames, 1000), s.clip or default_clip())
     model, identity = load_model(s.weights, progress=False)
     reference = calibrated_reference(s, frames, model, identity)
     deployment = Deployment.from_reference(model, identity.label, reference)
@@ -247,52 +252,28 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
     doc["meta"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     doc["memory"] = peak_memory_mb(s.device)
     doc["targets"] = check_targets(doc)
-    out = s.out or RESULTS / doc["meta"]["device_slug"]
-    return doc, write_results(doc, out, s.tag)
-
-
-def _input_size(text: str) -> tuple[int, int] | str:
-    return "clip" if text == "clip" else input_size(text)
-
-
-def _csv(kind: type) -> Any:
-    return lambda text: tuple(kind(v) for v in text.split(",") if v)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options left unset take the device's defaults (BenchSettings.for_device)."""
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N] (default: cuda if present)")
-    p.add_argument("--backends", type=_csv(str), help=f"comma list of {','.join(BACKENDS)}")
-    p.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,bf16,int8 (GPU default fp32,fp16,bf16; CPU fp32,int8)")
-    p.add_argument("--batch-sizes", dest="batches", type=_csv(int), help="comma list, e.g. 1,8,32")
-    p.add_argument("--frames", type=POSITIVE_INT, help="frames per configuration (GPU default 1000, CPU 20)")
-    p.add_argument("--warmup", type=COUNT, help="warm-up batches per configuration (GPU 10, CPU 1)")
-    p.add_argument("--turn", type=POSITIVE_INT, help="frames per configuration per turn (configurations alternate)")
-    p.add_argument("--input-size", type=_input_size, help="model input HxW (default 224x224), or 'clip' for the clip's own geometry")
-    p.add_argument("--resampling", choices=RESAMPLING, help=f"{DEFAULT_RESAMPLING} (host, default) or a device resampling such as bilinear-aa")
-    p.add_argument("--stride", type=int, choices=(8, 4))
-    p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
-    p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")
-    p.add_argument("--baseline-frames", type=COUNT, help="frames for the original method's cost (stride 4), 0 to skip")
-    p.add_argument("--streams", type=COUNT, help="paced streams on the fastest configuration (GPU default 16, CPU 0)")
-    p.add_argument("--stream-fps", type=FPS)
-    p.add_argument("--stream-seconds", type=POSITIVE)
-    p.add_argument("--clip", type=Path, help=f"video to decode frames from (default {SWEEP_CLIP}; the phantom when absent)")
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")
-    p.add_argument("--tag", help="file name stem of the results (default bench)")
-    p.add_argument("--cache-dir", help="engine cache folder (default: the user cache's engines/)")
+    return doc, write_results(doc, s.out, s.tag)
 
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
-    base = BenchSettings.for_device(args.device)
+    base = BenchSettings.for_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     given = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if getattr(args, f.name, None) is not None}
     if given.get("input_size") == "clip":
         given["input_size"] = None
     return replace(base, **given)
 
 
+def check_inputs(s: BenchSettings) -> None:
+    """The clip and the results folder, checked before the model loads: a bad one is one line, not minutes lost."""
+    if s.clip is not None and not s.clip.is_file():
+        raise BonestreamError(f"--clip {s.clip}: no such video file")
+    check_output_dir(s.out, "--out")
+
+
 def run(args: argparse.Namespace) -> int:
-    doc, paths = run_benchmark(settings_from(args))
+    settings = settings_from(args)
+    check_inputs(settings)
+    doc, paths = run_benchmark(settings)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

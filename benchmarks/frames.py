@@ -1,4 +1,4 @@
-"""Benchmark input: real frames decoded from the shared sweep clip (decode timed per frame), else the phantom."""
+"""Benchmark input: real frames decoded from a clip (decode timed per frame), else the phantom."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.arguments import SHARED_CLIP
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
 from pipeline.capture.video import VideoSource
-
-SWEEP_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrabones100k" / "sweep_clip_frames150-889_20fps.mp4"
 
 
 @dataclass
@@ -23,9 +22,16 @@ class FrameSet:
     source: str
 
 
-def load_frames(count: int, clip: Path = SWEEP_CLIP) -> FrameSet:
-    """The first ``count`` frames of ``clip`` if it exists, else of the synthetic phantom (decode = synthesis)."""
-    source = VideoSource(clip, threaded=False) if clip.is_file() else PhantomSource(PhantomConfig(n_frames=count))
+def default_clip() -> Path | None:
+    """The UltraBones sweep clip in the shared data beside this repository, looked up when the bench runs (never a
+    path of the machine the code was written on); None where it is not there."""
+    clip = Path(__file__).resolve().parents[2] / SHARED_CLIP
+    return clip if clip.is_file() else None
+
+
+def load_frames(count: int, clip: Path | None) -> FrameSet:
+    """The first ``count`` frames of ``clip``, or of the synthetic phantom when None (decode = synthesis)."""
+    source = VideoSource(clip, threaded=False) if clip is not None else PhantomSource(PhantomConfig(n_frames=count))
     images, names, decode_ms = [], [], []
     frames = iter(source)
     for _ in range(count):

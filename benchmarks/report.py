@@ -1,4 +1,4 @@
-"""Benchmark results as JSON, a markdown table and PNG plots under ``benchmarks/results/<device>/``."""
+"""Benchmark results as JSON, a markdown table and PNG plots (stamped RANDOM WEIGHTS when they are) in one folder."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from benchmarks.runner import HOST_STAGES, STAGE_ORDER, Run  # noqa: E402
 from pipeline.infer.onnx_backend import cpu_threads  # noqa: E402
 from pipeline.publish.files import write_bytes_atomic, write_figure, write_json_atomic  # noqa: E402
 from pipeline.stats import summarize  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_name() -> str:

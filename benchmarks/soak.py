@@ -12,7 +12,6 @@ the median of the first tenth after warm-up. Weights are random (latency and res
 from __future__ import annotations
 
 import argparse
-import io
 import socket
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from benchmarks.report import RESULTS, device_info, device_slug
+from benchmarks.report import device_info
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.clustering import KMeansSettings
 from models.loader import load_model
@@ -32,13 +31,15 @@ from pipeline.capture.pacing import paced
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
 from pipeline.commands.numbers import FPS, POSITIVE
+from pipeline.commands.paths import check_output_dir
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.deployment import Deployment
-from pipeline.publish.files import write_bytes_atomic, write_json_atomic
+from pipeline.publish.files import write_figure, write_json_atomic
 from pipeline.publish.outputs import MessageFactory, ZmqOutput
 from pipeline.publish.publisher import Publisher
 from pipeline.publish.subscriber import Subscriber
 from pipeline.run import Pipeline, RunConfig
+from pipeline.segment.render import RANDOM_STAMP
 from pipeline.segment.segmenter import BoneSegmenter
 
 
@@ -123,6 +124,8 @@ def soak(config: SoakConfig) -> dict[str, Any]:
         "machine": device_info("cpu"),
         "config": {"seconds": config.seconds, "fps": config.fps, "input_size": list(config.input_size), "sample_s": config.sample_s},
         "weights": seg.weights.label,
+        "random_weights": seg.weights.is_random,
+        "note": seg.weights.warning,
         "frames": {"read": summary.read, "published": summary.published, "received_by_subscriber": received[0], "failed": len(summary.failed)},
         "rss_growth_pct": _growth([s["rss_mb"] for s in samples], warmup),
         "fd_growth_pct": _growth([s["fds"] for s in samples], warmup),
@@ -146,12 +149,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     b.plot(t, [s["fds"] for s in result["samples"]], color="tab:orange")
     b.set_ylabel("open fds")
     b.set_xlabel("minutes")
-    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} % ({result['rss_slope_mb_per_hour']:+.1f} MiB/h), fds {result['fd_growth_pct']:+.2f} %", fontsize=9)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.suptitle(f"soak: {result['frames']['published']} frames at {result['config']['fps']} fps, RSS growth {result['rss_growth_pct']:+.2f} % ({result['rss_slope_mb_per_hour']:+.1f} MiB/h), fds {result['fd_growth_pct']:+.2f} %", fontsize=9, y=0.955)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # the top strip is the stamp's
+    write_figure(fig, path, RANDOM_STAMP if result["random_weights"] else None)
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=POSITIVE, default=30.0)
     p.add_argument("--fps", type=FPS, default=30.0)
     p.add_argument("--sample-s", type=POSITIVE, default=5.0)
-    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>/)")
+    p.add_argument("--out", type=Path, default=Path("."), help="results folder (default: the current folder)")
     args = p.parse_args(argv)
-    args.out = args.out or RESULTS / device_slug(device_info("cpu"))
+    check_output_dir(args.out, "--out")
     result = soak(SoakConfig(seconds=args.minutes * 60, fps=args.fps, sample_s=args.sample_s))
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "soak.json", result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -105,6 +105,7 @@ class Reference:
     frames: list[str]  # names of the reference frames, in order
     calibration_labels: np.ndarray  # frames x h x w cluster ids
     versions: dict[str, str] = field(default_factory=dict)
+    calibrated_id: str | None = None  # set by at_frame_size: the file's id, kept when the geometry is fitted to a source
 
     @property
     def k(self) -> int:
@@ -138,7 +139,29 @@ class Reference:
     @property
     def id(self) -> str:
         """Short content hash naming this calibration in messages and reports."""
-        return hashlib.sha256(_canonical(self.payload())).hexdigest()[:16]
+        return self.calibrated_id or hashlib.sha256(_canonical(self.payload())).hexdigest()[:16]
+
+    def at_frame_size(self, size: tuple[int, int], where: str = "source") -> "Reference":
+        """This calibration for a source whose frames are ``size`` (Geometry.at_frame_size states the rule); the
+        centroids, labels and id are the same, only the frame the masks map back onto differs."""
+        geometry = self.geometry.at_frame_size(size, where)
+        return self if geometry is self.geometry else replace(self, geometry=geometry, calibrated_id=self.id)
+
+    def weights_spec(self) -> str | None:
+        """The ``--weights`` that gives the recorded weights: random weights from their seed, a checkpoint from the
+        path it was calibrated with (its sha256 is checked on load), None (the official resolution) for official."""
+        kind = self.weights.get("kind")
+        if kind == "random":
+            return self.weights_label
+        if kind == "file":
+            path = self.weights.get("path")
+            if not (isinstance(path, str) and Path(path).is_file()):
+                raise ReferenceError(
+                    f"the reference was calibrated with the weights file {path} ({self.weights_label}), which is not "
+                    "there; pass --weights PATH to that checkpoint"
+                )
+            return path
+        return None
 
     def labeller(self, device: str | torch.device = "cpu") -> PatchLabeller:
         return PatchLabeller.build(self.centroids, self.foreground, device)

@@ -12,12 +12,9 @@ from typing import Sequence
 
 import torch
 
+from models.architecture import BLOCKS, EMBED_DIM, FACETS
 from models.encoder import KeyEncoder
 from models.vit import cls_attention, patch_descriptors
-from models.weights import DEPTH, EMBED_DIM
-
-FACETS = ("key", "query", "value", "token")  # token: the block's output
-BLOCKS = tuple(range(1, DEPTH + 1))  # numbered from 1, as the study numbers them
 
 
 @dataclass

@@ -12,19 +12,17 @@ graph (``models.encoder.ModelInput``). Normalisation always runs in the graph, f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from models.architecture import IMAGENET_MEAN, IMAGENET_STD, PATCH
 from models.errors import FrameError, FrameSizeError
+from models.resampling import DEFAULT_RESAMPLING, DEVICE_RESAMPLING, HOST_METHODS, RESAMPLING
 from models.vit import grid_size
-from models.weights import PATCH
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # applied in the graph (models.encoder), folded into the patch embedding
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (uint8 image, (height, width)) -> uint8 image
 
 
@@ -38,19 +36,13 @@ def _opencv(flag: int) -> Resize:
     return lambda image, size: cv2.resize(image, (size[1], size[0]), interpolation=flag)
 
 
-HOST_RESAMPLING: dict[str, Resize] = {  # on the host, uint8 in and out, reproducible on any machine
-    "pil-lanczos": _pil_lanczos,  # equal to the original code's and the study's preprocessing
-    "lanczos": _opencv(cv2.INTER_LANCZOS4),  # OpenCV's Lanczos-4: a fixed 8x8 kernel, so it aliases when shrinking
-    "area": _opencv(cv2.INTER_AREA),
-    "linear": _opencv(cv2.INTER_LINEAR),
-    "cubic": _opencv(cv2.INTER_CUBIC),
-}
-DEFAULT_RESAMPLING = "pil-lanczos"
-DEVICE_RESAMPLING = {  # torch on the model's device, antialiased (F.interpolate(antialias=True)), float out
-    "bilinear-aa": "bilinear",
-    "bicubic-aa": "bicubic",
-}
-RESAMPLING = (*HOST_RESAMPLING, *DEVICE_RESAMPLING)
+HOST_RESAMPLING: dict[str, Resize] = dict(zip(HOST_METHODS, (  # in models.resampling.HOST_METHODS' order
+    _pil_lanczos,  # pil-lanczos: equal to the original code's and the study's preprocessing
+    _opencv(cv2.INTER_LANCZOS4),  # lanczos: OpenCV's Lanczos-4, a fixed 8x8 kernel, so it aliases when shrinking
+    _opencv(cv2.INTER_AREA),
+    _opencv(cv2.INTER_LINEAR),
+    _opencv(cv2.INTER_CUBIC),
+), strict=True))
 
 
 def to_gray(image: np.ndarray, where: str = "frame") -> np.ndarray:
@@ -150,6 +142,24 @@ class Geometry:
                 f"{where}: size {image.shape[1]}x{image.shape[0]} (w x h) differs from the calibrated "
                 f"{self.frame_size[1]}x{self.frame_size[0]}; recalibrate for this source or fix the capture"
             )
+
+    def at_frame_size(self, size: tuple[int, int], where: str = "source") -> "Geometry":
+        """This geometry for frames of ``size`` (height, width): the reuse rule, defined here only.
+
+        The ROI (in source pixels) and the model input size are kept, so the crop, the resize and therefore the patch
+        grid and each patch's pixels are unchanged; rows and columns outside the ROI (a row the encoder padded) are
+        ignored and masked zero. A frame the ROI does not fit inside is refused: it would change what a patch sees."""
+        size = (int(size[0]), int(size[1]))
+        if size == tuple(self.frame_size):
+            return self
+        top, left, h, w = self.roi
+        if top + h > size[0] or left + w > size[1]:
+            raise FrameSizeError(
+                f"{where}: frames are {size[1]}x{size[0]} (w x h), calibrated {self.frame_size[1]}x{self.frame_size[0]}; "
+                f"the calibrated imaging area (roi top {top}, left {left}, {w}x{h}) does not fit inside them, so the "
+                "patches would change; recalibrate for this source"
+            )
+        return replace(self, frame_size=size)
 
     def crop(self, image: np.ndarray, where: str = "frame") -> np.ndarray:
         """The ROI of a frame, as uint8 gray."""

@@ -8,6 +8,7 @@ benchmarks: they are produced only when asked for by name and carry a loud ident
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from models.architecture import DEPTH, EMBED_DIM, HEADS, PATCH
 from models.errors import BonestreamError
 
 __all__ = [
@@ -41,7 +43,6 @@ OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/din
 OFFICIAL_FILENAME = "dino_deitsmall8_pretrain.pth"
 OFFICIAL_SIZE = 86_728_949
 OFFICIAL_SHA256 = "55c8b267f479b614ec20858947ce361ba804846c193e20be74263a096bb6d75e"
-EMBED_DIM, DEPTH, HEADS, PATCH = 384, 12, 6, 8
 
 _MLP_DIM = 4 * EMBED_DIM
 PRETRAINED_GRID = 224 // PATCH  # 28: the official pos_embed covers a 28 x 28 grid plus CLS
@@ -453,13 +454,27 @@ def _parse_random(spec: str) -> int | None:
     return int(text)
 
 
+def random_label(spec: str) -> str | None:
+    """The label of a ``random[:SEED]`` spec, known without building anything (None for other specs), so a
+    mismatch with a reference is refused before any model is made."""
+    seed = _parse_random(spec.strip())
+    return None if seed is None else f"random:{seed}"
+
+
 def _resolve_spec(spec: str) -> tuple[dict[str, torch.Tensor], WeightsIdentity]:
     seed = _parse_random(spec)
     if seed is None:
         return load_checkpoint(spec)
     ident = WeightsIdentity(kind="random", seed=seed)
-    _log.warning(ident.warning)
+    _notice(ident.warning)
     return random_state_dict(seed), ident
+
+
+@functools.cache
+def _notice(text: str) -> None:
+    """Log ``text`` once per process: a command loads its model more than once (calibrate, then segment), and a
+    notice repeated becomes noise. Outputs carry their own stamps; without logging set up this is one stderr line."""
+    _log.warning(text)
 
 
 def resolve_weights(spec: str | None = None, *, allow_download: bool = True, url: str | None = None,

@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": "latency and throughput of backends x precisions x batch sizes side by side, with plots",
     "analyze": "the study's feature analyses: facet PCA images, CLS attention maps, truth scatter, contact sheets",
     "archive": "segment every recording in folders of exams on Ray workers, resumably (manifest of what is done)",
+    "adapt": "adapt the ViT-S/8 to your scanner: DINO self-distillation on unlabeled recordings, official-layout checkpoint",
 }
 
 

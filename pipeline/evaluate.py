@@ -18,20 +18,13 @@ import cv2
 import numpy as np
 
 from models.errors import BonestreamError
+from pipeline.choices import THIN_RULE, TRUTH_KINDS
 from pipeline.publish.files import write_json_atomic
-from pipeline.surface import (
-    DISTANCE_CONVENTION,
-    SURFACE_DEFINITION,
-    SURFACE_EMPTY_CONVENTION,
-    THIN_RULE,
-    is_thin,
-    surface_distance,
-)
+from pipeline.surface import DISTANCE_CONVENTION, SURFACE_DEFINITION, SURFACE_EMPTY_CONVENTION, is_thin, surface_distance
 
 EMPTY_CONVENTION = "an image where prediction and truth are both empty scores Dice = IoU = 1 and is counted in n_both_empty"
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: these scores test plumbing only and say nothing about bone segmentation quality"
 STD_CONVENTION = "std is the population std (ddof=0) over images"
-TRUTH_KINDS = ("auto", "surface", "region")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"})
 
 

@@ -54,6 +54,13 @@ class LatencyLog:
         marks = self._marks[self.kept(skip)]
         return (marks[:, MARKS.index(end)] - marks[:, MARKS.index(start)]) / 1e6
 
+    def recent_ms(self, start: str, end: str, n: int) -> np.ndarray:
+        """The span of the last ``n`` frames, safe to read from another thread while frames are added (a live status
+        line): rows are written before the count grows, and a grown array holds the old rows."""
+        count, marks = self.count, self._marks
+        rows = marks[max(0, count - n) : count]
+        return (rows[:, MARKS.index(end)] - rows[:, MARKS.index(start)]) / 1e6
+
     def model_ms(self, skip: int) -> np.ndarray:
         return self._model[self.kept(skip)].astype(np.float64)
 

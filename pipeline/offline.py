@@ -12,46 +12,19 @@ from tqdm import tqdm
 
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.reference import Reference
-from models.errors import BonestreamError
-from models.preprocess import DEFAULT_RESAMPLING, Geometry, parse_roi
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame, Source
 from pipeline.capture.images import ImageSource
 from pipeline.capture.open import open_sources, sample_frames
+from pipeline.capture.ranges import FrameRange, select_frames
+from pipeline.geometry_options import GeometryOptions
 from pipeline.publish.files import VideoWriter, results_in, write_json_atomic, write_png_atomic
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
 
 
-@dataclass(frozen=True)
-class GeometryOptions:
-    """How to derive the geometry from the reference frames (the result is stored in the reference)."""
-
-    roi: str = "auto"
-    short_side: int = 224
-    input_size: tuple[int, int] | None = None
-    stride: int = 8
-    resampling: str = DEFAULT_RESAMPLING
-    round_sides: bool = True  # False: the short side exactly, the long side truncated (the original's Resize(int))
-
-    def build(self, frames: Sequence[Frame]) -> Geometry:
-        sizes = {f.image.shape[:2] for f in frames}
-        if len(sizes) != 1:
-            detail = ", ".join(f"{f.name}: {f.image.shape[1]}x{f.image.shape[0]}" for f in frames[:6])
-            raise BonestreamError(f"reference frames differ in size ({detail}); calibrate one geometry at a time")
-        images = [f.image for f in frames]
-        return Geometry.fit(
-            sizes.pop(), parse_roi(self.roi, images), self.short_side, self.input_size, self.stride, self.resampling,
-            self.round_sides,
-        )
-
-
 SEGMENT_RESULTS = ("summary.json", "evaluation.json", "masks/*.png", "overlays/*.png", "*_overlay.mp4")
-GEOMETRY_PRESETS = {  # calibration presets (calibration.calibrate.PRESETS) also fix how frames become model input
-    "study": GeometryOptions(),
-    "original": GeometryOptions(roi="full", stride=4, resampling="pil-lanczos", round_sides=False),
-}
 
 
 def calibrate_sources(
@@ -87,7 +60,9 @@ class SegmentRun:
     sources: list[dict] = field(default_factory=list)
 
 
-def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batch_size: int, overlay: bool, progress: bool) -> None:
+def _segment_source(
+    seg: BoneSegmenter, source: Source, run: SegmentRun, *, frames: FrameRange, batch_size: int, overlay: bool, progress: bool
+) -> None:
     masks_dir = run.out_dir / "masks"
     writer = None
     if overlay and not isinstance(source, ImageSource):  # streams get an overlay video, image sets overlay PNGs
@@ -96,10 +71,11 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
         run.overlays.append(str(path))
     elif overlay:
         (run.out_dir / "overlays").mkdir(exist_ok=True)
-    n = 0
+    n, first, last = 0, None, None
+    selected = select_frames(source, frames)
     try:
-        with tqdm(total=source.count, desc=source.stem, unit="frame", disable=not progress) as bar:
-            for batch in batched(source, batch_size):
+        with tqdm(total=selected.count, desc=source.stem, unit="frame", disable=not progress) as bar:
+            for batch in batched(selected, batch_size):
                 t0 = time.perf_counter()
                 predictions = seg.predict([f.image for f in batch], [f"{source.name} frame {f.id}" for f in batch], overlay=overlay)
                 for frame, pred in zip(batch, predictions):
@@ -122,6 +98,7 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
                     )
                 run.frames[-1]["batch_ms"] = (time.perf_counter() - t0) * 1e3
                 n += len(batch)
+                first, last = batch[0].id if first is None else first, batch[-1].id
                 bar.update(len(batch))
     except BaseException:
         if writer is not None:
@@ -129,24 +106,26 @@ def _segment_source(seg: BoneSegmenter, source: Source, run: SegmentRun, *, batc
         raise
     if writer is not None:
         writer.close()
-    run.sources.append({"source": source.name, "frames": n, "fps": source.fps})
+    run.sources.append({"source": source.name, "frames": n, "first_id": first, "last_id": last, "fps": source.fps})
 
 
 def segment_sources(
-    seg: BoneSegmenter, specs: Sequence[str], out_dir: str | Path, *, batch_size: int = 1, overlay: bool = True, progress: bool = True
+    seg: BoneSegmenter, specs: Sequence[str] | Sequence[Source], out_dir: str | Path, *, batch_size: int = 1, overlay: bool = True,
+    progress: bool = True, frames: FrameRange = FrameRange(),
 ) -> Path:
-    """Masks (0/255 PNG at source resolution) for every frame, overlays, and ``summary.json``; returns its path.
+    """Masks (0/255 PNG at source resolution) for ``frames`` of every source (specs, or sources already opened),
+    overlays, and ``summary.json``; returns its path.
 
     A previous run's results in ``out_dir`` are removed first (the command refuses them without --overwrite): the
     summary, written last, says a run is complete, and no old mask can pass for a new one."""
     run = SegmentRun(Path(out_dir))
-    sources = open_sources(specs)
+    sources = specs if all(isinstance(s, Source) for s in specs) else open_sources(specs)
     for old in results_in(run.out_dir, SEGMENT_RESULTS):  # the sources opened: a previous run's results go first
         old.unlink()
     (run.out_dir / "masks").mkdir(parents=True, exist_ok=True)
     started = time.time()
     for source in sources:
-        _segment_source(seg, source, run, batch_size=batch_size, overlay=overlay, progress=progress)
+        _segment_source(seg, source, run, frames=frames, batch_size=batch_size, overlay=overlay, progress=progress)
     stages = {k: summarize([f["timings_ms"][k] for f in run.frames]) for k in ("prepare", *seg.stages)}
     summary = {
         "frames": len(run.frames),
@@ -156,6 +135,7 @@ def segment_sources(
         "reference": {"id": seg.reference.id, "foreground": list(seg.reference.foreground), "k": seg.reference.k},
         "geometry": seg.geometry.to_dict(),
         "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
+        "range": frames.to_dict(),
         "batch_size": batch_size,
         "refine": seg.refine,
         "wall_s": time.time() - started,

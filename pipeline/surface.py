@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.choices import THIN_HALF_WIDTH
+
 SURFACE_DEFINITION = (
     "surface of a mask (prediction and truth alike) = the top-most foreground pixel of every column that holds "
     "foreground (the bone echo faces the probe at the top of the frame)"
@@ -25,11 +27,6 @@ DISTANCE_CONVENTION = (
 SURFACE_EMPTY_CONVENTION = (
     "both surfaces empty: ASSD = HD95 = 0; exactly one empty: undefined (null), counted in n_undefined and left "
     "out of mean ± std"
-)
-THIN_HALF_WIDTH = 5  # px: a mask with no pixel farther than this from its background is a curve, not a region
-THIN_RULE = (
-    f"auto: truth masks are surfaces when no foreground pixel of any non-empty mask lies more than {THIN_HALF_WIDTH} px "
-    "(Euclidean) from the background, i.e. every mask is a curve at most ~10 px thick; regions when none is thin"
 )
 
 

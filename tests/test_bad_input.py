@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -189,17 +190,18 @@ def test_numbers_are_checked_at_parse_time(capsys, args: list[str], needle: str)
     assert exit_info.value.code == 2 and needle in err and "Traceback" not in err, err
 
 
-def test_a_source_that_never_fits_the_reference_stops_at_its_first_frame(capsys, phantom_ref, tmp_path: Path) -> None:
+def test_a_source_that_never_fits_the_reference_is_refused_before_the_model_loads(capsys, caplog, phantom_ref, tmp_path: Path) -> None:
     _, ref = phantom_ref
     folder = tmp_path / "other"
     folder.mkdir()
     for i in range(40):
         cv2.imwrite(str(folder / f"f{i:03d}.png"), np.full((50, 60), 90, np.uint8))  # not the calibrated size
     report = tmp_path / "report"
+    caplog.clear()
     err = fails(capsys, ["run", str(folder), "--reference", str(ref), "--weights", "random:0", "--no-publish", "--report", str(report), "--no-progress"],
-                "differs from the calibrated", "stopped at the source's first frame")
-    summary = json.loads((report / "run_summary.json").read_text())
-    assert summary["refused"] and summary["read"] < 10 and len(summary["failed"]) <= summary["read"]  # not 40 failures
+                f"{folder}: frames are 60x50", "does not fit inside them")
+    assert not (report / "run_summary.json").exists()  # no run started: not 40 failures
+    assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]  # no model was made
     assert err.count("error") == 1
 
 
@@ -256,9 +258,12 @@ def test_a_rerun_never_mixes_old_and_new_results(capsys, phantom_ref, tmp_path: 
     fails(capsys, ["segment", str(tmp_path / "missing.mp4"), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--overwrite"], "missing.mp4")
     assert (out / "summary.json").exists()  # the source was refused before anything was touched
     odd = _mkdir(tmp_path / "odd")
-    cv2.imwrite(str(odd / "x.png"), np.zeros((10, 12), np.uint8))  # opens, then fails at its first frame
-    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress", "--overwrite"], "differs from the calibrated")
-    assert not (out / "summary.json").exists() and not list((out / "masks").glob("*.png"))  # no old result passes for new
+    cv2.imwrite(str(odd / "x.png"), np.zeros((10, 12), np.uint8))  # opens, but its frames do not fit the reference
+    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress", "--overwrite"], "does not fit inside them")
+    assert (out / "summary.json").exists()  # refused before the model loads: nothing was touched
+    shutil.copy(sorted(images.glob("*.png"))[0], odd / "a.png")  # fits; x.png after it fails half way
+    fails(capsys, ["segment", str(odd), "--reference", str(ref), "--out", str(out), "--weights", "random:0", "--no-progress", "--overwrite"], "must share a size")
+    assert not (out / "summary.json").exists() and [m.stem for m in (out / "masks").glob("*.png")] == ["a"]  # no old result passes for new
 
 
 def _mkdir(path: Path) -> Path:

@@ -14,9 +14,11 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 import torch
 
-from models.weights import random_state_dict
+from calibration.reference import Reference, ReferenceError
+from models.weights import WeightsIdentity, random_state_dict
 from pipeline.cli import main
 
 SMALL = ["--short-side", "48", "--sample-interval", "2", "--no-progress"]
@@ -27,7 +29,7 @@ def test_calibrate_segment_evaluate_on_labelled_frames(ultrabones: Path, tmp_pat
     ref = tmp_path / "ref.json"
     assert main(["calibrate", str(images), "--out", str(ref), "--weights", "random:0", *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM WEIGHTS" in out and "reference" in out
+    assert "weights: random:0" in out and "reference" in out  # the RANDOM WEIGHTS notice: stderr, once (test_light_cli)
     doc = json.loads(ref.read_text())["payload"]
     assert len(doc["frames"]) == 8 and doc["weights"]["label"] == "random:0"
 
@@ -50,13 +52,22 @@ def test_calibrate_segment_evaluate_on_labelled_frames(ultrabones: Path, tmp_pat
     assert report["n_images"] == 8 and 0.0 <= report["mean_dice"] <= 1.0
 
 
-def test_reference_from_random_weights_needs_explicit_random(ultrabones: Path, tmp_path: Path, capsys) -> None:
+def test_reference_runs_with_its_own_weights_and_refuses_others_before_loading(ultrabones: Path, tmp_path: Path, capsys, caplog) -> None:
+    """Without --weights the reference's recorded identity is used (random:3 rebuilt from its seed); a named
+    random seed that differs is refused in one line before any model is made (no model, no RANDOM WEIGHTS log)."""
     images = ultrabones / "labelled" / "images"
     ref = tmp_path / "ref.json"
     main(["calibrate", str(images / "162705.png"), str(images / "163296.png"), "--out", str(ref), "--weights", "random:3", *SMALL])
-    code = main(["segment", str(images / "162705.png"), "--reference", str(ref), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert code == 2
-    assert "pass --weights random:3" in capsys.readouterr().err
+    assert main(["segment", str(images / "162705.png"), "--reference", str(ref), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["weights"]["label"] == "random:3" and "RANDOM WEIGHTS" in summary["warning"]
+    capsys.readouterr()
+    caplog.clear()
+    code = main(["segment", str(images / "162705.png"), "--reference", str(ref), "--out", str(tmp_path / "o2"), "--weights", "random:4", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--weights random:4" in err and "random:3" in err
+    assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]  # no model was built
 
 
 def test_checkpoint_file_in_official_layout(ultrabones: Path, tmp_path: Path, capsys) -> None:
@@ -70,6 +81,10 @@ def test_checkpoint_file_in_official_layout(ultrabones: Path, tmp_path: Path, ca
     assert "RANDOM" not in capsys.readouterr().out
     assert main(["segment", str(images / "162705.png"), "--reference", str(ref), "--out", str(tmp_path / "o"), "--weights", str(ckpt), "--no-progress"]) == 0
     assert (tmp_path / "o" / "masks" / "162705.png").is_file()
+    assert Reference.load(ref).weights_spec() == str(ckpt.resolve())  # --weights left out: the checkpoint it was made with
+    ckpt.unlink()
+    with pytest.raises(ReferenceError, match=f"weights file {ckpt.resolve()} .*not there; pass --weights PATH"):
+        Reference.load(ref).weights_spec()
 
 
 def _clip(src: Path, dst: Path, frames: int) -> None:
@@ -121,7 +136,9 @@ def test_demo_without_weights_says_so_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "official DINO weights unavailable" in line]
-    assert len(lines) == 1 and "RANDOM" in lines[0]
+    assert len(lines) == 1 and "random:0" in lines[0]
+    # the model loads twice (calibration, then the segmenter), the notice is said once, on stderr
+    assert [line for line in result.stderr.splitlines() if "RANDOM WEIGHTS" in line] == [WeightsIdentity(kind="random", seed=0).warning]
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["weights"]["kind"] == "random"
 
 

@@ -6,6 +6,7 @@ Random weights at a tiny model input: these tests check delivery, geometry, cloc
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import subprocess
@@ -27,7 +28,8 @@ from pipeline.capture.open import open_source
 from pipeline.capture.pacing import paced
 from pipeline.cli import main
 from pipeline.publish.igtl import IgtlOutput, RANDOM_NOTE
-from pipeline.publish.igtl_server import IgtlServer, parse_address
+from pipeline.publish.addresses import host_port
+from pipeline.publish.igtl_server import IgtlServer
 from pipeline.publish.outputs import MessageFactory
 from pipeline.publish.transport import TransportError
 from pipeline.run import Pipeline, RunConfig
@@ -111,21 +113,21 @@ def test_bad_specs_and_exposed_binds_fail_before_the_model_loads(capsys, tmp_pat
     assert "igtl://nohost: expected igtl://HOST:PORT/DEVICE" in capsys.readouterr().err
     assert main(["run", "phantom:2", "--reference", absent, "--igtl", "0.0.0.0:0", "--report", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "refusing to bind OpenIGTLink on 0.0.0.0:0" in err and "--insecure" in err and "absent-ref" not in err
+    assert "refusing to bind tcp://0.0.0.0:0" in err and "OpenIGTLink is not encrypted" in err and "--insecure" in err and "absent-ref" not in err
     assert main(["run", "phantom:2", "phantom:3", "--reference", absent, "--igtl", "--report", str(tmp_path / "r")]) == 2
     assert "--igtl serves one stream" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one line naming --igtl, exit 2
         main(["run", "phantom:2", "--reference", absent, "--igtl", "127.0.0.1:99999"])
-    assert "argument --igtl: '127.0.0.1:99999': expected [HOST:]PORT" in capsys.readouterr().err
+    assert "argument --igtl: '127.0.0.1:99999' is not [HOST:]PORT" in capsys.readouterr().err
 
 
 def test_addresses_and_the_loopback_rule() -> None:
-    assert parse_address("18944") == ("127.0.0.1", 18944)
-    assert parse_address("localhost:5") == ("localhost", 5) and parse_address("[::1]:7") == ("::1", 7)
+    assert host_port("18944") == ("127.0.0.1", 18944)
+    assert host_port("localhost:5") == ("localhost", 5) and host_port("[::1]:7") == ("::1", 7)
     for bad in ("", "host:", ":5", "a:b", "70000"):
-        with pytest.raises(TransportError, match="expected \\[HOST:\\]PORT"):
-            parse_address(bad)
-    with pytest.raises(TransportError, match=r"refusing to bind OpenIGTLink on 0\.0\.0\.0:0: .*--insecure"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not \\[HOST:\\]PORT"):
+            host_port(bad)
+    with pytest.raises(TransportError, match=r"refusing to bind tcp://0\.0\.0\.0:0 .*OpenIGTLink is not encrypted"):
         IgtlServer("0.0.0.0", 0)
     server = IgtlServer("0.0.0.0", 0, insecure=True)  # the user's explicit choice; no client ever connects here
     try:

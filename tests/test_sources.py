@@ -535,3 +535,17 @@ def test_single_frame_dicom_with_number_of_frames_zero_is_read(tmp_path):
     ds.NumberOfFrames = 0
     ds.save_as(path, enforce_file_format=True)
     assert [f.id for f in DicomSource(path)] == [0]
+
+
+def test_live_loop_replays_past_the_end():
+    """``run --live --loop``: a replay played as a device starts over at its end (ids keep increasing)."""
+    source = open_source("phantom:4", fps=100.0, live=True, loop=True)
+    ids: list[int] = []
+    try:
+        for frame in source:
+            ids.append(frame.id)
+            if len(ids) >= 6:
+                break
+    finally:
+        source.close()
+    assert len(ids) == 6 and max(ids) >= 4 and ids == sorted(ids)

@@ -25,7 +25,8 @@ from pipeline.publish.message import FrameMessage
 from pipeline.publish.publisher import Publisher
 from pipeline.publish.subscriber import Subscriber
 from pipeline.publish.transport import TransportError
-from pipeline.publish.web import WebConfig, WebView, overlay_jpeg, web_address
+from pipeline.publish.addresses import host_port
+from pipeline.publish.web import WebConfig, WebView, overlay_jpeg
 from test_message import make_message
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -80,8 +81,8 @@ def until(condition, timeout: float = 30.0) -> None:
 
 @pytest.mark.parametrize("text, address", [("8080", ("127.0.0.1", 8080)), ("0.0.0.0:0", ("0.0.0.0", 0)), ("[::1]:9000", ("::1", 9000)),
                                            ("localhost:65535", ("localhost", 65535))])
-def test_web_address(text, address):
-    assert web_address(text) == address
+def test_host_port(text, address):
+    assert host_port(text) == address
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ class Source:
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """Frames with ids ``start`` onwards (a frame range). Here by reading and skipping those before; sources
+        that can seek cheaply (image lists) override it."""
+        return itertools.islice(iter(self), start, None)
 
     def close(self) -> None:
         """Release files or devices; iteration may not resume afterwards."""

@@ -71,15 +71,20 @@ class ImageSource(Source):
         return len(self.paths)
 
     def __iter__(self) -> Iterator[Frame]:
+        return self.frames_from(0)
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """From image ``start`` on, the files before it never read."""
         first_size: tuple[int, int] | None = None
-        for i, path in enumerate(self.paths):
+        for i in range(start, len(self.paths)):
+            path = self.paths[i]
             image = read_image(path, self.name)
             size = (image.shape[1], image.shape[0])
             if first_size is None:
                 first_size = size
             elif size != first_size:  # one source, one geometry: the model's grid and the overlays assume it
                 raise SourceError(
-                    f"{path}: {size[0]}x{size[1]} pixels, but {self.paths[0]} is {first_size[0]}x{first_size[1]}; "
+                    f"{path}: {size[0]}x{size[1]} pixels, but {self.paths[start]} is {first_size[0]}x{first_size[1]}; "
                     "images of one source must share a size"
                 )
             yield Frame(i, image, self.names[i], i / self.fps, now_ns())

@@ -233,12 +233,13 @@ class LiveSource(GrabbedSource):
 class LiveReplay(GrabbedSource):
     """A replay source played as a live device, to exercise live behaviour without hardware: a thread releases
     its frames at recorded pace into the same mailbox as LiveSource, so a slower consumer loses frames
-    (counted in ``dropped``) instead of falling behind. ``source`` is the wrapped replay source."""
+    (counted in ``dropped``) instead of falling behind. ``source`` is the wrapped replay source; ``loop`` restarts
+    it at its end."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, *, loop: bool = False) -> None:
         self.source = source
         self.name, self.stem, self.fps = source.name, source.stem, source.fps
-        self._paced = PacedSource(source, "realtime")
+        self._paced = PacedSource(source, "realtime", loop=loop)
         super().__init__()
 
     def _produce(self, put: Callable[[Frame], None]) -> None:

@@ -48,20 +48,21 @@ def _live(spec: str) -> Source | None:
     return LiveSource(spec) if is_device(spec) else None
 
 
-def _as_live(source: Source, live: bool | None) -> Source:
-    """``live`` None keeps the source's kind; True plays a replay as a device (real time, drops counted)."""
+def as_live(source: Source, live: bool | None, *, loop: bool = False) -> Source:
+    """``live`` None keeps the source's kind; True plays a replay as a device (real time, drops counted), over and
+    over with ``loop``."""
     if live is False and source.live:
         raise SourceError(f"{source.name}: a capture device is always live; it cannot be replayed frame by frame")
-    return LiveReplay(source) if live and not source.live else source
+    return LiveReplay(source, loop=loop) if live and not source.live else source
 
 
-def open_source(spec: str | Path, *, fps: float = 20.0, live: bool | None = None) -> Source:
+def open_source(spec: str | Path, *, fps: float = 20.0, live: bool | None = None, loop: bool = False) -> Source:
     """``phantom[:N]``, a capture device (V4L2 index, /dev/video*, GStreamer pipeline with "!"), an OpenIGTLink
     server's IMAGE stream (``igtl://HOST:PORT/DEVICE``), a DICOM file
     (.dcm / .dicom or the DICM marker), a video file, an image file, a folder of images or a glob. ``fps``
     paces images and the phantom, and DICOM files that state no frame timing."""
     text = str(spec)
-    return _as_live(_live(text) or _replay(text, fps), live)
+    return as_live(_live(text) or _replay(text, fps), live, loop=loop)
 
 
 def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool | None = None) -> list[Source]:
@@ -80,7 +81,7 @@ def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool |
     if images:
         sources.append(ImageSource(images, fps=fps))
     _distinct_outputs(sources)
-    return [_as_live(s, live) for s in sources]
+    return [as_live(s, live) for s in sources]
 
 
 def _distinct_outputs(sources: Sequence[Source]) -> None:
@@ -106,6 +107,16 @@ def _distinct_outputs(sources: Sequence[Source]) -> None:
         for source in sources:
             if isinstance(source, ImageSource):
                 source.names = [f"{n}_image" if frame_name.match(n) else n for n in source.names]
+
+
+def frame_size(source: Source) -> tuple[int, int] | None:
+    """(height, width) of a replay source's frames, read from its first frame (all its frames share it); None for a
+    live device, which is not touched before the run."""
+    if source.live:
+        return None
+    for frame in source.frames_from(0):
+        return tuple(frame.image.shape[:2])  # type: ignore[return-value]
+    raise SourceError(f"{source.name}: no frames")
 
 
 def spread_indices(total: int, count: int) -> list[int]:

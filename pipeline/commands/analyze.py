@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from calibration.reference import Reference
+from models.architecture import BLOCKS, FACETS
 from models.errors import BonestreamError
-from models.facets import BLOCKS, FACETS
-from models.loader import load_model
-from models.preprocess import Geometry
-from pipeline.analysis.analyze import AnalysisSettings, analyze
-from pipeline.analysis.truth import load_truth
-from pipeline.capture.frame import Frame
-from pipeline.capture.open import open_sources, sample_frames
 from pipeline.commands.calibrate import add_geometry_arguments, geometry_from
 from pipeline.commands.common import add_weights_arguments, announce_weights
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_output_dir
-from pipeline.offline import GeometryOptions
+from pipeline.geometry_options import GeometryOptions
+
+if TYPE_CHECKING:
+    from models.preprocess import Geometry
+    from pipeline.capture.frame import Frame
 
 
 def parse_blocks(text: str) -> tuple[int, ...]:
@@ -66,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def geometry_for(args: argparse.Namespace, frames: Sequence[Frame]) -> tuple[Geometry, str | None]:
     """The geometry (and reference id) to analyse ``frames`` with; every frame is checked against it."""
+    from calibration.reference import Reference
+
     if args.reference is None:
         return geometry_from(args).build(frames), None
     if geometry_from(args) != GeometryOptions():
@@ -77,12 +76,17 @@ def geometry_for(args: argparse.Namespace, frames: Sequence[Frame]) -> tuple[Geo
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.loader import load_model
+    from pipeline.analysis.analyze import AnalysisSettings, analyze
+    from pipeline.analysis.truth import load_truth
+    from pipeline.capture.open import open_sources, sample_frames
+
     check_output_dir(args.out, "--out")
     frames = sample_frames(open_sources(args.sources), args.count)
     geometry, reference = geometry_for(args, frames)
     truth = load_truth(args.truth, frames) if args.truth is not None else None
     model, identity = load_model(args.weights, progress=args.progress)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     g = geometry
     print(f"{len(frames)} frames, roi {g.roi}, input {g.input_size[0]}x{g.input_size[1]}, stride {g.stride}, grid {g.grid[0]}x{g.grid[1]}; "
           f"blocks {','.join(map(str, args.blocks))}, facets {','.join(args.facets)}")
@@ -91,6 +95,4 @@ def run(args: argparse.Namespace) -> int:
         model, identity, geometry, frames, args.out, settings, truth, reference=reference, progress=args.progress, device=args.device
     )
     print(f"wrote {args.out}: per frame PCA images, attention maps and a contact sheet; index {index}")
-    if identity.is_random:
-        print("RANDOM WEIGHTS: every image is stamped so; they test plumbing only and say nothing about bone")
     return 0

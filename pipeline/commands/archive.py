@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from calibration.reference import Reference
 from models.errors import BonestreamError
-from models.weights import WeightsIdentity
-from pipeline.archive.recordings import find_recordings, hashed
-from pipeline.archive.replay import ClusterOptions, archive, import_ray
-from pipeline.archive.report import SUMMARY, ArchiveReport
-from pipeline.archive.worker import WorkerConfig
 from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, weights_for
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
 from pipeline.commands.paths import check_output_dir
@@ -34,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibration.reference import Reference
+    from models.weights import WeightsIdentity
+    from pipeline.archive.recordings import find_recordings, hashed
+    from pipeline.archive.replay import ClusterOptions, archive, import_ray
+    from pipeline.archive.report import SUMMARY, ArchiveReport
+    from pipeline.archive.worker import WorkerConfig
+
     import_ray()
     out_dir = Path(args.out).resolve()
     check_output_dir(out_dir, "--out")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_for(reference, args.weights)
     recordings = find_recordings(args.inputs, out_dir)
     identity = WeightsIdentity.from_dict(reference.weights)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     print(f"{len(recordings)} recordings, reference {reference.id}")
     config = WorkerConfig(
         str(Path(args.reference).resolve()), weights, str(out_dir), device=args.device, backend=args.backend,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bench
+from benchmarks import arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    bench.add_arguments(p)
+    arguments.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmarks import bench
+
     return bench.run(args)

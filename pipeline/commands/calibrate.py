@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from calibration.calibrate import PRESETS, CalibrationSettings
-from calibration.clustering import KMeansSettings
-from calibration.voting import VoteSettings
-from models.loader import load_model
-from models.preprocess import DEFAULT_RESAMPLING, RESAMPLING
+from models.resampling import DEFAULT_RESAMPLING, RESAMPLING
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, input_size, number
 from pipeline.commands.paths import check_output_file
-from pipeline.offline import GEOMETRY_PRESETS, GeometryOptions, calibrate_sources
+from pipeline.geometry_options import GEOMETRY_PRESETS, GeometryOptions
+
+if TYPE_CHECKING:
+    from calibration.calibrate import CalibrationSettings
 
 
 def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     """The options settings_from (and geometry_from, through --preset) reads, shared with `bonestream experiment`."""
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), default="study",
+        "--preset", choices=sorted(GEOMETRY_PRESETS), default="study",
         help="study: tau 0.2 >=, 65%%, all heads; original: the original code's defaults (whole frame, short side 224 "
         "exactly, pil-lanczos, stride 4, tau 0.065 >, 75%%, heads 0,2,4,5, low-res saliency); options given override it",
     )
@@ -68,6 +68,10 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> CalibrationSettings:
+    from calibration.calibrate import PRESETS, CalibrationSettings
+    from calibration.clustering import KMeansSettings
+    from calibration.voting import VoteSettings
+
     base = PRESETS[args.preset]
     voting = VoteSettings(
         tau=base.voting.tau if args.tau is None else args.tau,
@@ -89,9 +93,12 @@ def geometry_from(args: argparse.Namespace) -> GeometryOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.loader import load_model
+    from pipeline.offline import calibrate_sources
+
     check_output_file(Path(args.out), "--out")
     model, identity = load_model(args.weights, progress=args.progress)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     ref = calibrate_sources(
         args.sources, model, identity, count=args.count, geometry=geometry_from(args),
         settings=settings_from(args), progress=args.progress, device=args.device,

@@ -1,14 +1,22 @@
-"""Options several commands share, parsed the same way everywhere."""
+"""Options several commands share, parsed the same way everywhere.
+
+Like every module under pipeline/commands, it imports only light modules at its top (``bonestream --help`` then
+loads no torch, OpenCV or faiss); what runs the model is imported inside the functions that use it.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Sequence
 
-from calibration.reference import Reference, ReferenceError
-from pipeline.infer.graph import PRECISIONS
-from pipeline.infer.select import CHOICES
-from pipeline.segment.refine import REFINEMENTS
-from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS
+from pipeline.commands.numbers import COUNT, POSITIVE_INT
+
+if TYPE_CHECKING:
+    from calibration.reference import Reference
+    from pipeline.capture.frame import Source
+    from pipeline.capture.ranges import FrameRange
+    from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
     "DINO ViT-S/8 weights: a checkpoint path, 'official' (default: $BONESTREAM_WEIGHTS, the user cache, then download), "
@@ -27,7 +35,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Weights, device and progress, and the engine that labels frames (backend, precision)."""
     add_weights_arguments(p)
     p.add_argument(
-        "--backend", choices=CHOICES, default="torch",
+        "--backend", choices=BACKEND_CHOICES, default="torch",
         help="inference backend for labelling frames (default torch); auto times every backend that runs here, keeps the "
         "fastest and reports each fallback with its reason",
     )
@@ -47,18 +55,58 @@ def add_refine_argument(p: argparse.ArgumentParser) -> None:
 
 
 def weights_for(reference: Reference, requested: str | None) -> str | None:
-    """Random references need the user to ask for random weights: never use them silently."""
-    if requested is None and reference.is_random:
-        raise ReferenceError(
-            f"the reference was calibrated with RANDOM weights ({reference.weights_label}); "
-            f"pass --weights {reference.weights_label} to run it (plumbing only)"
-        )
+    """The weights to load: the reference's own when none are named (Reference.weights_spec). A named random seed
+    that differs is refused here, before any model is built; a checkpoint's sha256 is compared once it is read."""
+    from models.weights import random_label
+
+    if requested is None:
+        return reference.weights_spec()
+    if (label := random_label(requested)) is not None:
+        reference.check_weights(label, f"--weights {requested}")
     return requested
 
 
-def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
-    """The segmenter the options ask for; prints the backend choice and every fallback."""
+def add_range_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=COUNT, default=0, metavar="N", help="first frame id to process, 0-based (default 0)")
+    p.add_argument("--stop", type=POSITIVE_INT, default=None, metavar="N", help="frame id to stop before (exclusive; default: the end)")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="process at most N frames")
+
+
+def frame_range(args: argparse.Namespace) -> FrameRange:
+    from pipeline.capture.ranges import FrameRange
+
+    return FrameRange(args.start, args.stop, args.max_frames)
+
+
+def reference_for(args: argparse.Namespace, sources: Sequence[Source]) -> Reference:
+    """The reference, its weights and the sources' frame size checked before any model loads; fitted to that size
+    when the calibrated imaging area fits it (Geometry.at_frame_size)."""
+    from calibration.reference import Reference
+
     reference = Reference.load(args.reference)
+    weights_for(reference, args.weights)
+    return fit_reference(reference, sources)
+
+
+def fit_reference(reference: Reference, sources: Sequence[Source]) -> Reference:
+    """``reference`` fitted to the frame size its sources share (Geometry.at_frame_size): refused when the
+    calibrated imaging area does not fit a source, or when the sources differ in size."""
+    from calibration.reference import ReferenceError
+    from pipeline.capture.open import frame_size
+
+    sizes = {s.name: size for s in sources if (size := frame_size(s)) is not None}
+    for name, size in sizes.items():
+        reference.geometry.at_frame_size(size, name)
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{name}: {w}x{h}" for name, (h, w) in sizes.items())
+        raise ReferenceError(f"sources differ in frame size ({detail}); label each size in a run of its own")
+    return reference.at_frame_size(sizes.popitem()[1], "source") if sizes else reference
+
+
+def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmenter:
+    """The segmenter the options ask for; prints the backend choice and every fallback."""
+    from pipeline.segment.segmenter import BoneSegmenter
+
     seg = BoneSegmenter.create(
         reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
         batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress,
@@ -67,5 +115,6 @@ def load_segmenter(args: argparse.Namespace) -> BoneSegmenter:
     return seg
 
 
-def announce_weights(label: str, warning: str | None) -> None:
-    print(f"weights: {label}" + (f"  ** {warning} **" if warning else ""))
+def announce_weights(label: str) -> None:
+    """Which weights run, on stdout. Random weights are also said once on stderr, by the loader (models.weights)."""
+    print(f"weights: {label}")

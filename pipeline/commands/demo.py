@@ -9,14 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.loader import load_model
-from models.weights import WeightsUnavailable
-from pipeline.capture.phantom import PhantomConfig, write_phantom
 from pipeline.commands.common import announce_weights
 from pipeline.commands.numbers import POSITIVE_INT, SIDE
-from pipeline.evaluate import evaluate_dirs, write_report
-from pipeline.offline import GeometryOptions, calibrate_sources, segment_sources
-from pipeline.segment.segmenter import BoneSegmenter
+from pipeline.geometry_options import GeometryOptions
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,18 +25,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace):
+    from models.loader import load_model
+    from models.weights import WeightsUnavailable
+
     if args.weights is not None:
         return load_model(args.weights, progress=args.progress)
     try:
         return load_model(None, progress=args.progress)
     except WeightsUnavailable as exc:
-        print(f"official DINO weights unavailable ({str(exc).splitlines()[0]}); running on RANDOM weights: outputs show plumbing only")
+        print(f"official DINO weights unavailable ({str(exc).splitlines()[0]}); using random:0 instead")
         return load_model("random:0", progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.capture.phantom import PhantomConfig, write_phantom
+    from pipeline.evaluate import evaluate_dirs, write_report
+    from pipeline.offline import calibrate_sources, segment_sources
+    from pipeline.segment.segmenter import BoneSegmenter
+
     model, identity = _model(args)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     phantom_dir = args.out / "phantom"
     write_phantom(phantom_dir, args.frames, PhantomConfig(n_frames=args.frames))
     source = f"phantom:{args.frames}"

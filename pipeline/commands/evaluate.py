@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.choices import THIN_RULE, TRUTH_KINDS
 from pipeline.commands.numbers import POSITIVE
-from pipeline.evaluate import TRUTH_KINDS, evaluate_dirs, write_report
-from pipeline.surface import THIN_RULE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_dirs, write_report
+
     report = evaluate_dirs(args.pred, args.truth, args.truth_kind, args.spacing)
     print(report.table())
     out = args.json or args.pred / "evaluation.json"

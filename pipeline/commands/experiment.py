@@ -5,17 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.loader import load_model
 from pipeline.commands.calibrate import add_calibration_arguments, add_geometry_arguments, geometry_from, settings_from
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.commands.numbers import COUNT, POSITIVE_INT, listed, number
 from pipeline.commands.paths import check_output_dir
-from pipeline.infer.select import BackendSpec
-from pipeline.study.cosegment import Cosegmenter
-from pipeline.study.experiments import run_noise, run_pairs, run_sizes
-from pipeline.study.labelled import StudyError, check_count, load_labelled
 from pipeline.study.noise import DEFAULT_SCALE, SCALES, describe_scale
-from pipeline.study.report import markdown, write_experiment
 
 EXPERIMENTS = {
     "sizes": "co-segment random reference sets of each size, Dice/IoU per set size",
@@ -64,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _inputs(args: argparse.Namespace) -> dict:
     """Every labelled frame, checked against its mask and the requested set sizes, before the model loads."""
+    from pipeline.study.labelled import StudyError, check_count, load_labelled
+
     if args.experiment == "pairs":
         names = [name for name, _, _ in args.domain]
         if len(set(names)) != len(names) or len(names) < 2:
@@ -79,11 +75,17 @@ def _inputs(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.loader import load_model
+    from pipeline.infer.select import BackendSpec
+    from pipeline.study.cosegment import Cosegmenter
+    from pipeline.study.experiments import run_noise, run_pairs, run_sizes
+    from pipeline.study.report import markdown, write_experiment
+
     check_output_dir(args.out, "--out")
     inputs = _inputs(args)
     settings = settings_from(args)
     model, identity = load_model(args.weights, progress=args.progress)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     coseg = Cosegmenter(model, identity, geometry_from(args), settings, BackendSpec(args.backend, args.device, args.precision))
     common = {"seed": args.seed, "progress": args.progress}
     if args.experiment == "sizes":

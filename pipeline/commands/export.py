@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
-
-from calibration.reference import Reference
 from models.errors import BonestreamError
-from models.loader import load_model
-from pipeline.capture.open import open_sources
 from pipeline.commands.common import add_model_arguments, announce_weights, weights_for
 from pipeline.commands.numbers import POSITIVE_INT, number
-from pipeline.infer.backend import BackendUnavailable
-from pipeline.infer.cache import EngineCache
-from pipeline.infer.deployment import Deployment
-from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
-from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from calibration.reference import Reference
 
 ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
 
@@ -34,14 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", required=True, help="reference file from `bonestream calibrate`")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="static batch size of the engines (default 1)")
     p.add_argument("--cache-dir", default=None, help="engine cache folder (default: the user cache's engines/)")
-    p.add_argument("--min-cosine", type=number(float, -1, 2), default=ParityThresholds.key_cosine, help="parity: mean key cosine (default 0.99)")
-    p.add_argument("--min-agreement", type=number(float, 0, 2), default=ParityThresholds.agreement, help="parity: label and mask agreement (default 0.99)")
+    p.add_argument("--min-cosine", type=number(float, -1, 2), default=None, help="parity: mean key cosine (default 0.99)")
+    p.add_argument("--min-agreement", type=number(float, 0, 2), default=None, help="parity: label and mask agreement (default 0.99)")
     add_model_arguments(p)
     p.set_defaults(backend="auto")  # export every engine backend that runs on the device unless one is named
 
 
 def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray:
     """The reference's calibration frames, found by name in ``specs``, as its geometry's uint8 planes, in its order."""
+    from pipeline.capture.open import open_sources
+
     wanted = set(reference.frames)
     found: dict[str, np.ndarray] = {}
     for source in open_sources(specs):
@@ -60,13 +56,24 @@ def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from calibration.reference import Reference
+    from models.loader import load_model
+    from pipeline.infer.backend import BackendUnavailable
+    from pipeline.infer.cache import EngineCache
+    from pipeline.infer.deployment import Deployment
+    from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
+    from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
+
     reference = Reference.load(args.reference)
     frames = calibration_frames(args.sources, reference)
     model, identity = load_model(weights_for(reference, args.weights), progress=args.progress)
-    announce_weights(identity.label, identity.warning)
+    announce_weights(identity.label)
     deployment = Deployment.from_reference(model, identity.label, reference)
     cache = EngineCache(args.cache_dir)
-    thresholds = ParityThresholds(args.min_cosine, args.min_agreement)
+    given = {"key_cosine": args.min_cosine, "agreement": args.min_agreement}
+    thresholds = ParityThresholds(**{name: value for name, value in given.items() if value is not None})
     device_type = torch.device(args.device).type
     names = [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]] if args.backend == "auto" else [args.backend]
     refused = built = 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.publish.curve import create_keypair
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.curve import create_keypair
+
     public, secret = create_keypair(args.out, args.name)
     print(f"public key: {public}  (give it to peers: servers list clients' with --curve-allow, clients pass the server's to --curve-server)")
     print(f"secret key: {secret}  (mode 0600; keep it on this host, never share it)")

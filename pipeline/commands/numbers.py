@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Callable
 
-from models.weights import HEADS
+from models.architecture import HEADS
 
 
 def number(kind: type, minimum: float, maximum: float, *, above: bool = False) -> Callable[[str], float]:

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 from models.errors import BonestreamError
-from pipeline.publish.files import results_in
-from pipeline.publish.recorder import Recorder, RecordError
 
 
 class OutputPathError(BonestreamError):
@@ -43,6 +41,8 @@ def check_output_file(path: Path, what: str) -> None:
 
 def check_new_recording(path: Path | None, what: str) -> None:
     """A folder for a new recording: writable and not holding one already (a recording is never overwritten)."""
+    from pipeline.publish.recorder import Recorder, RecordError  # PyAV and OpenCV: loaded on use, not for --help
+
     check_output_dir(path, what)
     if path is not None:
         try:
@@ -55,6 +55,8 @@ def check_fresh_results(path: Path | None, what: str, owned: Sequence[str], over
     """A results folder holds one run: a previous run's files (``owned`` patterns) are refused, so old masks can
     never pass for new ones (evaluate would score them), unless the user says ``--overwrite`` (the job then removes
     them once its sources have opened)."""
+    from pipeline.publish.files import results_in
+
     found = results_in(path, owned) if path is not None else []
     if found and not overwrite:
         raise OutputPathError(

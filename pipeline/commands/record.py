@@ -13,8 +13,6 @@ from pipeline.commands.numbers import FPS, POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_new_recording
 from pipeline.commands.signals import stop_on_signals
 from pipeline.publish.curve import add_client_arguments, client_from_args
-from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
-from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
 
 POLL_S = 0.2  # how soon a stop signal is noticed
 
@@ -30,16 +28,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--timeout", type=POSITIVE, default=None, metavar="S", help="stop after S s without a frame (default: wait)")
     p.add_argument("--fps", type=FPS, default=30.0, help="frame rate written into the video (default 30)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no live status line on stderr")
     add_client_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.recorder import MAX_SEGMENTS, MAX_STREAMS, Recorder, RecordError
+    from pipeline.publish.subscriber import NO_FRAMES_HINT, LosslessReceiver, Subscriber
+    from pipeline.status import StatusLine, record_status
+
     check_new_recording(Path(args.out), "--out")
     receiver = LosslessReceiver if args.lossless else Subscriber
     with (
         stop_on_signals() as stop,
         receiver(args.address, stream_id=args.stream, curve=client_from_args(args)) as rx,
         Recorder(args.out, fps=args.fps) as rec,
+        StatusLine(record_status(rx, rec), enabled=args.progress),
     ):
         last_frame = time.monotonic()
         while not stop.is_set() and (args.max_frames is None or rec.frames < args.max_frames):

@@ -12,29 +12,23 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.errors import BonestreamError
-from pipeline.capture.igtl import is_igtl, parse_spec
-from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, load_segmenter
+from pipeline.choices import DEFAULT_ADDRESS
+from pipeline.commands.common import (
+    add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
+)
 from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
-from pipeline.commands.sources import StreamSpec, open_stream, parse_pace
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.latency import format_report, latency_report, write_latency_report
+from pipeline.commands.sources import parse_pace
+from pipeline.publish.addresses import IGTL_PORT, LOOPBACK, host_port
 from pipeline.publish.curve import add_server_arguments, server_from_args
-from pipeline.publish.files import write_json_atomic
-from pipeline.publish.igtl import IgtlOutput
-from pipeline.publish.igtl_server import DEFAULT_HOST, DEFAULT_PORT, IgtlServer, check_bind, parse_address
-from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
-from pipeline.publish.publisher import DEFAULT_ADDRESS, LosslessSender, Publisher
-from pipeline.publish.recorder import Recorder
-from pipeline.run import Pipeline, RunConfig, RunSummary
 
-
-def _igtl_address(text: str) -> tuple[str, int]:
-    try:
-        return parse_address(text)
-    except BonestreamError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+if TYPE_CHECKING:
+    from calibration.reference import Reference
+    from pipeline.capture.frame import Source
+    from pipeline.run import Pipeline, RunSummary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default=None, help="reference file from `bonestream calibrate` (every stream's unless its entry names one)")
     p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR", help=f"ZeroMQ PUB address (default {DEFAULT_ADDRESS}; loopback unless --insecure or CURVE)")
     p.add_argument("--no-publish", dest="publish", action="store_const", const=None, help="do not publish over ZeroMQ")
-    p.add_argument("--stream-id", default="us", help="stream name in topics and headers (default us; several streams: each source's stem)")
+    p.add_argument("--stream-id", default=None, help="stream name in topics and headers (default us; several streams: each source's stem or the file's id)")
     p.add_argument("--overlay", choices=("jpeg", "raw", "none"), default="jpeg", help="overlay image in messages (default jpeg)")
     p.add_argument("--lossless", default=None, metavar="ADDR", help="also bind a PUSH endpoint for one lossless consumer (`bonestream record --lossless ADDR`)")
     p.add_argument("--wait-subscribers", type=COUNT, default=0, metavar="N", help="wait for N subscribers before the first frame")
@@ -55,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
     )
     p.add_argument(
-        "--igtl", type=_igtl_address, nargs="?", const=(DEFAULT_HOST, DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
-        help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {DEFAULT_HOST}:{DEFAULT_PORT}; loopback unless --insecure)",
+        "--igtl", type=host_port, nargs="?", const=str(IGTL_PORT), default=None, metavar="[HOST:]PORT",
+        help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {LOOPBACK}:{IGTL_PORT}; loopback unless --insecure)",
     )
     p.add_argument("--spacing", type=POSITIVE, default=None, metavar="MM", help="mm per pixel for --igtl when the source states none (default 1.0)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
@@ -64,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
     p.add_argument("--pace", type=parse_pace, default="max", help="replay pace: realtime (recorded), max (default) or frames per second")
     p.add_argument("--loop", action="store_true", help="loop a file source (ids keep increasing)")
+    p.add_argument(
+        "--timestamps", type=Path, default=None, metavar="FILE",
+        help="replay at the times in FILE instead of --pace: one time in seconds per line (line i: frame i), or CSV "
+        "lines frame,seconds (the source's frame ids); blank lines, # comments and one header line skipped",
+    )
+    add_range_arguments(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True, default=None, help="keep only the newest frame, count drops (default for devices)")
     mode.add_argument("--replay", dest="live", action="store_const", const=False, help="lock-step, drop nothing (default for files)")
@@ -80,34 +80,77 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_refine_argument(p)
 
 
-def _open(args: argparse.Namespace):
-    return open_stream(StreamSpec(args.source, pace=args.pace, fps=args.fps, live=args.live, loop=args.loop))
+def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
+    """The source (range, timestamps, live or paced replay) and the reference fitted to it, all checked before the
+    model loads. Nothing is read from a device here: it is opened when the run starts."""
+    from pipeline.capture.open import as_live, open_source
+    from pipeline.capture.pacing import paced
+    from pipeline.capture.ranges import select_frames
+    from pipeline.capture.timestamps import TimestampedSource, read_timestamps
+
+    if args.timestamps is not None and args.pace != "max":
+        raise BonestreamError(f"--timestamps {args.timestamps} sets the replay pace; leave out --pace {args.pace}")
+    source = open_source(args.source, fps=args.fps)
+    if args.timestamps is not None and (source.live or args.live):
+        raise BonestreamError(f"--timestamps {args.timestamps} paces a replay; a live source arrives at its own pace")
+    frames = frame_range(args)
+    frames.check(source)
+    reference = reference_for(args, [source])
+    if args.timestamps is not None:
+        source = TimestampedSource(source, read_timestamps(args.timestamps), args.timestamps, frames.start, frames.end)
+    source = as_live(select_frames(source, frames), args.live, loop=args.loop)
+    pace = "realtime" if args.timestamps is not None else args.pace
+    if not source.live and (pace != "max" or args.loop):
+        source = paced(source, pace, loop=args.loop)
+    return source, reference
+
+
+def check_binds(args: argparse.Namespace, curve) -> None:
+    """Every address this run binds, checked against the exposure rule before the model loads."""
+    from pipeline.publish.igtl_server import check_igtl_bind
+    from pipeline.publish.transport import check_bind
+
+    for address in (args.publish, args.lossless):
+        if address:
+            check_bind(address, curve, args.insecure)
+    if getattr(args, "igtl", None):
+        check_igtl_bind(*args.igtl, args.insecure)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.sources is not None or len(args.source) != 1:
         if args.igtl:
             raise BonestreamError("--igtl serves one stream (devices Image and Prediction): run it with one source")
+        if args.timestamps is not None or args.start or args.stop is not None or args.max_frames is not None:
+            raise BonestreamError("--timestamps, --start, --stop and --max-frames apply to a run of one source")
+        if args.stream_id is not None:
+            raise BonestreamError("--stream-id names a run of one source; several streams take their ids from their sources or the sources file")
         from pipeline.commands.run_streams import run_streams
 
         return run_streams(args)
+    from pipeline.publish.igtl import IgtlOutput
+    from pipeline.publish.igtl_server import IgtlServer
+    from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+    from pipeline.publish.publisher import LosslessSender, Publisher
+    from pipeline.publish.recorder import Recorder
+    from pipeline.run import Pipeline, RunConfig
+    from pipeline.status import StatusLine, pipeline_status
+
     args.source = args.source[0]
+    args.stream_id = args.stream_id or "us"
     if args.reference is None:
         raise BonestreamError("--reference is required")
     check_new_recording(args.record, "--record")
     check_output_dir(args.masks, "--masks")
     check_fresh_results(args.masks, "--masks", MaskFiles.owned, args.overwrite)
     check_output_dir(args.report, "--report")
-    if args.igtl:
-        check_bind(*args.igtl, args.insecure)
-    if is_igtl(args.source):  # the server is only contacted once the pipeline starts; its address is checked now
-        parse_spec(args.source)
-    seg = load_segmenter(args)
-    announce_weights(seg.weights.label, seg.weights.warning)
-    source = _open(args)
+    curve = server_from_args(args)
+    check_binds(args, curve)
+    source, reference = _open(args)
+    seg = load_segmenter(args, reference)
+    announce_weights(seg.weights.label)
     for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
         (args.report / previous).unlink(missing_ok=True)
-    curve = server_from_args(args)
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
@@ -134,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         )
         pipeline = Pipeline(source, seg, outputs, config)
         _stop_on_signals(pipeline)
-        summary = pipeline.run()
+        with StatusLine(pipeline_status(pipeline), enabled=args.progress):
+            summary = pipeline.run()
     return _report(args, seg, summary)
 
 
@@ -147,12 +191,18 @@ def _stop_on_signals(pipeline: Pipeline) -> None:
         signal.signal(sig, lambda *_: pipeline.stop())
 
 
-def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: RunSummary) -> tuple[dict, Path, Path]:
-    """A stream's latency report (JSON + CDF) and run summary in ``out_dir``; the report and its two files."""
+def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: RunSummary, extra: dict | None = None) -> tuple[dict, Path, Path]:
+    """A stream's latency report (JSON + CDF) and run summary in ``out_dir``; the report and its two files.
+    ``extra`` (the frame range, a timestamps file) goes into both."""
+    from pipeline.latency import latency_report, write_latency_report
+    from pipeline.publish.files import write_json_atomic
+
+    extra = extra or {}
     meta = {
         "source": source,
         "mode": "live" if summary.live else "replay",
         "pace": pace,
+        **extra,
         "backend": {"name": seg.backend.name, "device": seg.backend.device, "precision": seg.backend.precision},
         "geometry": seg.geometry.to_dict(),
         "weights": seg.weights.to_dict(),
@@ -165,12 +215,16 @@ def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: Ru
     if seg.weights.is_random:
         title += " (RANDOM WEIGHTS)"
     json_path, png_path = write_latency_report(report, summary.latency, out_dir, title=title)
-    write_json_atomic(out_dir / "run_summary.json", summary.to_dict())
+    write_json_atomic(out_dir / "run_summary.json", {**summary.to_dict(), **extra})
     return report, json_path, png_path
 
 
 def _report(args: argparse.Namespace, seg, summary) -> int:
-    report, json_path, png_path = write_report(args.report, args.source, args.pace, seg, summary)
+    from pipeline.latency import format_report
+
+    timing = {"timestamps": str(args.timestamps) if args.timestamps else None, "range": frame_range(args).to_dict()}
+    pace = "timestamps" if args.timestamps else args.pace
+    report, json_path, png_path = write_report(args.report, args.source, pace, seg, summary, timing)
     if summary.refused:
         raise BonestreamError(f"{summary.refused} (the run stopped at the source's first frame)")
     print_summary(summary)

@@ -21,9 +21,9 @@ from typing import Any
 from calibration.reference import Reference
 from models.errors import BonestreamError
 from models.loader import load_model
-from pipeline.commands.common import announce_weights, weights_for
+from pipeline.commands.common import announce_weights, fit_reference, weights_for
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.commands.run import _stop_on_signals, print_summary, write_report
+from pipeline.commands.run import _stop_on_signals, check_binds, print_summary, write_report
 from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file, with_ids
 from pipeline.infer.select import BackendSpec
 from pipeline.latency import STAGES
@@ -35,6 +35,7 @@ from pipeline.publish.publisher import LosslessSender, Publisher, SharedSender
 from pipeline.publish.recorder import Recorder
 from pipeline.run import Output, Pipeline, RunConfig, Stream
 from pipeline.segment.batches import StaticBatches, build_static_batches
+from pipeline.status import StatusLine, pipeline_status
 
 END_TO_END = next(name for name in STAGES if name.startswith("end to end"))
 
@@ -78,21 +79,24 @@ def run_streams(args: argparse.Namespace) -> int:
     specs = stream_specs(args)
     refs = _references(specs)
     _check_outputs(args, [s.id for s in specs])
-    first = next(iter(refs.values()))
-    model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
-    announce_weights(identity.label, identity.warning)
-    spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size)
-    engines: dict[str, StaticBatches] = {}
-    for path, ref in refs.items():
-        engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine)
-        selection = engines[path].segmenters[engines[path].largest].selection
-        print(f"{path}: static batches {', '.join(map(str, engines[path].sizes))}; {selection.describe()}")
     curve = server_from_args(args)
+    check_binds(args, curve)
     with ExitStack() as stack:
         sources = []
-        for s in specs:
+        for s in specs:  # opened (and every reference fitted to its streams' frame size) before the model loads
             sources.append(open_stream(s))
             stack.callback(sources[-1].close)
+        for path in refs:
+            refs[path] = fit_reference(refs[path], [src for s, src in zip(specs, sources) if s.reference == path])
+        first = next(iter(refs.values()))
+        model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
+        announce_weights(identity.label)
+        spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size)
+        engines: dict[str, StaticBatches] = {}
+        for path, ref in refs.items():
+            engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine)
+            selection = engines[path].segmenters[engines[path].largest].selection
+            print(f"{path}: static batches {', '.join(map(str, engines[path].sizes))}; {selection.describe()}")
         for sid in (s.id for s in specs):
             for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
                 (args.report / sid / previous).unlink(missing_ok=True)
@@ -106,7 +110,8 @@ def run_streams(args: argparse.Namespace) -> int:
             _wait_for_subscribers(args, shared["zmq"])
         pipeline = Pipeline.of_streams(streams, _config(args))
         _stop_on_signals(pipeline)
-        pipeline.run()
+        with StatusLine(pipeline_status(pipeline), enabled=args.progress):
+            pipeline.run()
     return _report(args, specs, streams, pipeline)
 
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from typing import TYPE_CHECKING
+
 from models.errors import BonestreamError
-from pipeline.capture.frame import Source
-from pipeline.capture.live import is_device
-from pipeline.capture.open import open_source
-from pipeline.capture.pacing import paced
 from pipeline.commands.numbers import FPS, POSITIVE
-from pipeline.publish.message import STREAM_ID
+
+if TYPE_CHECKING:
+    from pipeline.capture.frame import Source
 
 MAX_STREAMS = 64  # what one `bonestream record` takes
 
@@ -61,7 +61,10 @@ def parse_pace(text: str) -> str | float:
 
 def open_stream(spec: StreamSpec) -> Source:
     """The spec's source, paced as asked (a live source runs at its own rate)."""
-    source = open_source(spec.source, fps=spec.fps, live=spec.live)
+    from pipeline.capture.open import open_source
+    from pipeline.capture.pacing import paced
+
+    source = open_source(spec.source, fps=spec.fps, live=spec.live, loop=spec.loop)
     if not source.live and (spec.pace != "max" or spec.loop):
         source = paced(source, spec.pace, loop=spec.loop)
     return source
@@ -70,6 +73,8 @@ def open_stream(spec: StreamSpec) -> Source:
 def default_id(source: str) -> str:
     """A stream id from what the user typed: the file's stem, ``phantom``, ``video0``; characters a stream id may
     not hold become ``_``."""
+    from pipeline.capture.live import is_device
+
     text = source.partition(":")[0] if source.startswith("phantom") else source
     stem = Path(text.rstrip("/")).stem if not is_device(text) or text.startswith("/dev/") else ("camera" if "!" in text else f"video{text}")
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:60] or "stream"
@@ -99,6 +104,8 @@ _TYPES = {"source": str, "id": str, "reference": str, "pace": (str, int, float),
 
 
 def _field(where: str, name: str, value: Any) -> Any:
+    from pipeline.publish.message import STREAM_ID
+
     if not isinstance(value, _TYPES[name]) or (isinstance(value, bool) and _TYPES[name] is not bool):
         raise SourcesFileError(f"{where}: field {name!r} has the wrong type ({type(value).__name__})")
     try:
@@ -117,6 +124,8 @@ def _field(where: str, name: str, value: Any) -> Any:
 
 def _local(folder: Path, spec: str) -> str:
     """Paths in the file are relative to its folder; the phantom and devices are not paths."""
+    from pipeline.capture.live import is_device
+
     if spec.startswith("phantom") or (is_device(spec) and not spec.startswith("/")) or Path(spec).is_absolute():
         return spec
     return str(folder / spec)

@@ -9,10 +9,8 @@ from pathlib import Path
 from pipeline.commands.numbers import POSITIVE, POSITIVE_INT
 from pipeline.commands.paths import check_output_file
 from pipeline.commands.signals import stop_on_signals
+from pipeline.publish.addresses import WEB_PORT, host_port
 from pipeline.publish.curve import CurveClientConfig, add_client_arguments, client_from_args
-from pipeline.publish.subscriber import Subscriber
-from pipeline.publish.viewer import show, snapshot
-from pipeline.publish.web import DEFAULT_PORT, WebConfig, WebView, web_address
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--headless-snapshot", type=Path, metavar="PNG", help="no window: write the last of --max-frames frames, annotated, to PNG")
     mode.add_argument(
-        "--web", type=web_address, nargs="?", const=str(DEFAULT_PORT), metavar="[HOST:]PORT",
-        help=f"no window: serve a page with the newest overlay and the counters at http://HOST:PORT/ (default 127.0.0.1:{DEFAULT_PORT}; "
+        "--web", type=host_port, nargs="?", const=str(WEB_PORT), metavar="[HOST:]PORT",
+        help=f"no window: serve a page with the newest overlay and the counters at http://HOST:PORT/ (default 127.0.0.1:{WEB_PORT}; "
         "a non-loopback HOST needs --insecure) until Ctrl-C or SIGTERM",
     )
     p.add_argument("--insecure", action="store_true", help="--web: allow a non-loopback HOST (plain HTTP, unencrypted: a trusted network only)")
@@ -32,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.publish.subscriber import Subscriber
+    from pipeline.publish.viewer import show, snapshot
+
     if args.headless_snapshot is not None:
         check_output_file(args.headless_snapshot, "--headless-snapshot")
     curve = client_from_args(args)
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, curve: CurveClientConfig | None) -> int:
+    from pipeline.publish.subscriber import Subscriber
+    from pipeline.publish.web import WebConfig, WebView
+
     host, port = args.web
     with (
         stop_on_signals() as stop,

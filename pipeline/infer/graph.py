@@ -16,10 +16,10 @@ from torch import nn
 from calibration.labelling import PatchLabeller
 from models.encoder import FixedGridViT, ModelInput
 from models.placement import build_on
+from pipeline.choices import FLOAT_PRECISIONS
 from pipeline.infer.deployment import Deployment
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PRECISIONS = (*DTYPES, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
+DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 OUTPUT_NAMES = {"fused": ("mask", "margin"), "keys": ("keys",)}  # what an engine returns, by kind
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from models.placement import resolve
@@ -24,9 +26,36 @@ from pipeline.infer.export import INPUT_NAME, cached_onnx
 from pipeline.infer.graph import OUTPUT_NAMES, model_input
 from pipeline.infer.staging import Compute, StagedBackend, Staging, ready
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 PROVIDERS = {"onnxruntime": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}  # on CUDA
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # ONNX Conv has no bfloat16 type (opset 18)
 ORT_TYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(uint8)": (np.uint8, torch.uint8)}  # graph outputs
+
+
+def import_onnxruntime() -> ModuleType:
+    """ONNX Runtime, an optional dependency: ``bonestream[cpu]`` brings ``onnxruntime``, ``bonestream[gpu]``
+    ``onnxruntime-gpu``. The two install the same module over each other, so with both only one's providers load."""
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        raise BackendUnavailable(
+            f"onnxruntime: {' and '.join(installed)} are both installed and overwrite each other's module; keep one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu (CUDA) or onnxruntime (CPU)"
+        )
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"onnxruntime: not importable ({exc}); pip install 'bonestream[cpu]' (onnxruntime) or, on CUDA machines, "
+            "'bonestream[gpu]' (onnxruntime-gpu)"
+        ) from None
+    return onnxruntime
 
 
 def cpu_threads() -> int:
@@ -40,6 +69,7 @@ def cpu_threads() -> int:
 def session_options() -> ort.SessionOptions:
     """Full graph optimisation, one intra-op thread per core, and no spin-waiting after a run: on a small CPU the
     spinning threads would take the cores that capture, preprocessing and publishing need between frames."""
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -95,10 +125,11 @@ class OnnxRuntimeBackend(StagedBackend):
         if self.name not in PROVIDERS or (dev.type == "cpu" and self.name != "onnxruntime"):
             raise BackendUnavailable(f"{self.name}: not an ONNX Runtime backend for {self.device}")
         wanted = "CPUExecutionProvider" if dev.type == "cpu" else PROVIDERS[self.name]
+        ort = import_onnxruntime()
         if wanted not in ort.get_available_providers():
             raise BackendUnavailable(
                 f"{self.name}: onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
-                "install onnxruntime-gpu with matching CUDA/TensorRT libraries"
+                "on CUDA install bonestream[gpu] (onnxruntime-gpu, without onnxruntime) with matching CUDA/TensorRT libraries"
             )
         model, self.cache_hit = cached_onnx(self.deployment, batch=self.batch, precision=self.precision, outputs=self.outputs, cache=self.cache)
         engine_dir = None

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import onnx
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 
 def linear_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -33,6 +32,8 @@ class _NoStaticHint(logging.Filter):
 
 def quantize_linear_layers(source: str | Path, target: str | Path) -> None:
     """Write ``source`` (an fp32 export) with its linear layers in dynamic int8 to ``target``, checked."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional; the ONNX backend checked it is there
+
     nodes = linear_matmuls(onnx.load(str(source), load_external_data=False))
     if not nodes:
         raise ValueError(f"{source}: no linear-layer MatMul found (exporter metadata missing); cannot quantise")

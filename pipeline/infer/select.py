@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from pipeline.choices import BACKEND_CHOICES
 from pipeline.infer.backend import Backend, BackendUnavailable, TorchBackend, require_cuda
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
@@ -21,8 +22,6 @@ from pipeline.infer.onnx_backend import OnnxRuntimeBackend
 from pipeline.infer.parity import recorded_verdict
 from pipeline.infer.tensorrt_backend import TensorRTBackend
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt")
-CHOICES = ("auto", *BACKENDS)
 # auto's candidates, most promising first (ties in the timing go to the earlier one)
 CANDIDATES = {
     "cpu": ("onnxruntime", "torch"),
@@ -56,7 +55,7 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
         return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
     if name == "tensorrt":
         return TensorRTBackend(deployment, device, precision, batch, outputs, cache)
-    raise ValueError(f"backend {name!r} is not one of {CHOICES}")
+    raise ValueError(f"backend {name!r} is not one of {BACKEND_CHOICES}")
 
 
 def usable_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache) -> Backend:

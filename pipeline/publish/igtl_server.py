@@ -16,32 +16,21 @@ import socket
 import threading
 
 from pipeline.capture.live import Mailbox
-from pipeline.publish.transport import TransportError, is_loopback
+from pipeline.publish.addresses import IGTL_PORT, LOOPBACK
+from pipeline.publish.transport import TransportError, exposure_error
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 18944  # the OpenIGTLink port PlusServer and Slicer use
 MAX_CLIENTS = 16
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``[HOST:]PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); the host defaults to loopback."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") if sep else DEFAULT_HOST
-    if not port.isdigit() or not 0 <= int(port) <= 65535 or (sep and not host):
-        raise TransportError(f"{text!r}: expected [HOST:]PORT with a port 0..65535, e.g. 18944 or 127.0.0.1:18944")
-    return host, int(port)
-
-
-def check_bind(host: str, port: int, insecure: bool) -> str:
-    """The ``HOST:PORT`` to show, once binding it is allowed: loopback, or anything with ``insecure``."""
+def check_igtl_bind(host: str, port: int, insecure: bool) -> str:
+    """The ``HOST:PORT`` to show, once binding it is allowed (transport.exposure_error): loopback, or anything with
+    ``insecure``, since OpenIGTLink has no encryption."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if not insecure and not is_loopback(f"tcp://{where}"):
-        raise TransportError(
-            f"refusing to bind OpenIGTLink on {where}: it is reachable from other hosts and OpenIGTLink is not "
-            "encrypted; use --insecure (only on a network you trust)"
-        )
+    remedy = "--insecure (OpenIGTLink is not encrypted: only on a network you trust)"
+    if (error := exposure_error(f"tcp://{where}", encrypted=False, insecure=insecure, remedy=remedy)) is not None:
+        raise error
     return where
 
 
@@ -88,8 +77,8 @@ class _Client:
 class IgtlServer:
     """Listens on ``host:port`` (port 0: any free port; ``port`` says which) and fans messages out to its clients."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, insecure: bool = False, send_timeout_s: float = 10.0) -> None:
-        where = check_bind(host, port, insecure)
+    def __init__(self, host: str = LOOPBACK, port: int = IGTL_PORT, *, insecure: bool = False, send_timeout_s: float = 10.0) -> None:
+        where = check_igtl_bind(host, port, insecure)
         self.send_timeout_s = send_timeout_s
         try:
             family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]

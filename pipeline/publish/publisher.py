@@ -20,11 +20,11 @@ from typing import Any
 import zmq
 
 from models.errors import BonestreamError
+from pipeline.choices import DEFAULT_ADDRESS
 from pipeline.publish.curve import CurveServerConfig
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.transport import Peer
 
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_LOSSLESS_ADDRESS = "tcp://127.0.0.1:5556"
 
 

@@ -47,6 +47,12 @@ def exposure_error(address: str, *, encrypted: bool, insecure: bool, remedy: str
     return TransportError(f"refusing to bind {address} without encryption: it is reachable from other hosts; use {remedy}")
 
 
+def check_bind(address: str, curve: CurveServerConfig | None, insecure: bool) -> None:
+    """exposure_error for a ZeroMQ bind, raised: commands check it before the model loads, and again at the bind."""
+    if (error := exposure_error(address, encrypted=curve is not None, insecure=insecure)) is not None:
+        raise error
+
+
 class Peer:
     """Owns a socket and its context; use as a context manager or call close()."""
 
@@ -59,10 +65,12 @@ class Peer:
             self.socket.setsockopt(option, value)
 
     def _bind(self, address: str, curve: CurveServerConfig | None, insecure: bool) -> None:
-        """A non-loopback bind needs CURVE, or the user's explicit ``insecure`` (see exposure_error)."""
-        if (error := exposure_error(address, encrypted=curve is not None, insecure=insecure)) is not None:
+        """Binds ``address`` once check_bind allows it."""
+        try:
+            check_bind(address, curve, insecure)
+        except TransportError:
             self.close()
-            raise error
+            raise
         with self._closing_on_error("bind", address):
             if curve is not None:
                 self._authenticator = curve.apply(self.socket, self.context)

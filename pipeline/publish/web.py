@@ -18,7 +18,6 @@ refused (DNS rebinding would otherwise let a web page read the frames).
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import statistics
@@ -33,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
+from pipeline.publish.addresses import WEB_PORT
 from pipeline.publish.encode import encode_jpeg
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.subscriber import Subscriber
@@ -40,7 +40,6 @@ from pipeline.publish.transport import TransportError, exposure_error, is_loopba
 from pipeline.publish.viewer import RateMeter, random_warning, since_capture_ms
 from pipeline.publish.web_page import PAGE
 
-DEFAULT_PORT = 8080
 POLL_S = 0.25  # how soon the receiving loop notices a stop signal
 LONG_POLL_S = 1.0  # a frame request waits at most this long for a newer frame
 HTTP_REMEDY = "--insecure (the page is plain HTTP: only on a network you trust)"
@@ -59,21 +58,12 @@ class WebConfig:
     """Where the page is served and the limits that keep browsers from costing the stream anything."""
 
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT  # 0: any free port (the bound one is in WebView.url)
+    port: int = WEB_PORT  # 0: any free port (the bound one is in WebView.url)
     insecure: bool = False  # allow a non-loopback host
     max_connections: int = 16  # concurrent requests; more are answered 503 at once (a page uses two)
     request_timeout_s: float = 10.0  # a socket that neither sends nor reads for this long is closed
     stale_after_s: float = 2.0  # the page says STALE when the newest frame is older than this
     latency_window: int = 100  # frames the latency median runs over
-
-
-def web_address(text: str) -> tuple[str, int]:
-    """argparse type for ``[HOST:]PORT`` (IPv6 as ``[::1]:8080``); HOST defaults to 127.0.0.1, PORT 0 picks a free one."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") if sep else "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535 or (sep and not host):
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT with a port from 0 to 65535")
-    return host, int(port)
 
 
 def _url(host: str, port: int) -> str:

@@ -18,7 +18,6 @@ from models.preprocess import HOST_RESAMPLING, Geometry
 
 KERNEL = np.ones((7, 7), np.uint8)
 ITERATIONS = 5
-REFINEMENTS = ("grabcut",)
 
 
 def grabcut(gray: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:

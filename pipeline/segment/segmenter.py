@@ -24,12 +24,13 @@ from models.loader import load_model
 from models.placement import device_guard
 from models.preprocess import to_gray
 from models.weights import WeightsIdentity
+from pipeline.choices import REFINEMENTS
 from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, Selection, select_backend
 from pipeline.infer.staging import HostMirror, StageClock, StaticInput, ready
-from pipeline.segment.refine import REFINEMENTS, GrabCutRefiner
+from pipeline.segment.refine import GrabCutRefiner
 from pipeline.segment.render import RANDOM_STAMP, build_renderer
 
 Array = np.ndarray | torch.Tensor
@@ -109,10 +110,12 @@ class BoneSegmenter:
     ) -> "BoneSegmenter":
         """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
         every fallback reported in ``selection``); ``batch`` is the engines' static batch size; ``refine="grabcut"``
-        refines each mask on the host (pipeline.segment.refine). Everything is built, warmed up and (on CUDA)
+        refines each mask on the host (pipeline.segment.refine). ``weights`` None: the weights the reference records
+        (Reference.weights_spec); others are refused unless they are the same. Everything is built, warmed up and (on CUDA)
         captured here, before any frame."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
-        model, identity = load_model(weights, allow_download=allow_download, progress=progress)
+        spec = ref.weights_spec() if weights is None else weights  # the reference's own weights unless others are named
+        model, identity = load_model(spec, allow_download=allow_download, progress=progress)
         deployment = Deployment.from_reference(model, identity.label, ref)
         selection = select_backend(BackendSpec(backend, device, precision, batch), deployment, cache)
         segmenter = cls(ref, selection.backend, identity, refine)

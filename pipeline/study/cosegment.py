@@ -15,9 +15,9 @@ from models.preprocess import Geometry
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.capture.frame import Frame
+from pipeline.geometry_options import GeometryOptions
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, select_backend
-from pipeline.offline import GeometryOptions
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
 

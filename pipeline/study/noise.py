@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.preprocess import IMAGENET_STD, to_gray
+from models.architecture import IMAGENET_STD
 
 # gray levels per unit of eps
 SCALES = {
@@ -36,5 +36,7 @@ def noise_fields(shapes: list[tuple[int, int]], seed: int) -> list[np.ndarray]:
 
 def add_noise(image: np.ndarray, eps: float, field: np.ndarray, scale: str = DEFAULT_SCALE, where: str = "frame") -> np.ndarray:
     """uint8 gray ``image`` + eps x SCALES[scale] x ``field``, clipped to 0..255 and rounded."""
+    from models.preprocess import to_gray  # OpenCV and torch: loaded on use, so the CLI's --help stays light
+
     gray = to_gray(image, where).astype(np.float32)
     return np.clip(np.rint(gray + np.float32(eps * SCALES[scale]) * field), 0, 255).astype(np.uint8)

@@ -1,0 +1,18 @@
+"""The names the command line offers (backends, precisions, refinements, truth kinds) and the default address.
+
+Plain constants with no imports, so ``bonestream <command> --help`` builds its parser without loading torch or
+OpenCV; the modules that implement each choice import it from here, so it is defined once.
+"""
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
+REFINEMENTS = ("grabcut",)
+TRUTH_KINDS = ("auto", "surface", "region")
+THIN_HALF_WIDTH = 5  # px: a mask with no pixel farther than this from its background is a curve, not a region
+THIN_RULE = (
+    f"auto: truth masks are surfaces when no foreground pixel of any non-empty mask lies more than {THIN_HALF_WIDTH} px "
+    "(Euclidean) from the background, i.e. every mask is a curve at most ~10 px thick; regions when none is thin"
+)
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
