@@ -165,11 +165,23 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     return (first[0], first[1]) if first[1] > 0 and all(map(math.isfinite, first)) else None
 
 
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing (0028,0030): (row, column) mm per pixel, if the file states two positive finite numbers; an
+    unreadable value is no spacing (outputs then fall back to ``--spacing``), never an error."""
+    try:
+        values = [float(v) for v in np.atleast_1d(np.asarray(ds.get("PixelSpacing", []), dtype=float))]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        return None
+    return values[0], values[1]
+
+
 class DicomSource(Source):
     """Frames of a DICOM file as 2D uint8 gray (MONOCHROME1 inverted) or H x W x 3 uint8 RGB (RGB, YBR_FULL,
     YBR_FULL_422, and PALETTE COLOR through its lookup table). Deeper pixels are scaled to 8-bit by the
     window when the file has one, else by BitsStored, with a one-time warning. ``fps`` is used only when the
-    file gives no frame timing."""
+    file gives no frame timing. Frames carry the file's PixelSpacing when it has one."""
 
     def __init__(self, path: str | Path, *, fps: float = 20.0) -> None:
         self.path = Path(path)
@@ -182,6 +194,7 @@ class DicomSource(Source):
         self.photometric: str = self._header.PhotometricInterpretation
         self._bits = int(self._header.get("BitsStored") or self._header.get("BitsAllocated") or 8)
         self._window = _window(self._header) if self.photometric in GRAY else None
+        self.spacing_mm = _spacing(self._header)
         syntax = self._header.file_meta.TransferSyntaxUID
         self._native_422 = self.photometric == "YBR_FULL_422" and not syntax.is_encapsulated
         self._deflated = syntax == DeflatedExplicitVRLittleEndian
@@ -214,4 +227,4 @@ class DicomSource(Source):
                 raise SourceError(f"{self.path}: corrupt pixel data at frame {index} ({exc})") from None
             image = np.ascontiguousarray(self._to_8bit(pixels))
             ts = float(self._times[index]) if self._times is not None else index / self.fps
-            yield Frame(index, image, f"{self.stem}_{index:06d}", ts, now_ns())
+            yield Frame(index, image, f"{self.stem}_{index:06d}", ts, now_ns(), self.spacing_mm)

@@ -23,13 +23,16 @@ class SourceError(BonestreamError):
 @dataclass(slots=True)
 class Frame:
     """One B-mode frame: ``id`` counts from 0 per source, ``source_ts`` is the source's own clock in seconds
-    (stream timestamp, file order / fps, or device time), ``capture_ns`` is time.monotonic_ns() on arrival."""
+    (stream timestamp, file order / fps, or device time), ``capture_ns`` is time.monotonic_ns() on arrival.
+    ``spacing_mm`` is (row, column) mm per pixel where the source states it (DICOM PixelSpacing, an OpenIGTLink
+    IMAGE), so outputs that place the frame in space (OpenIGTLink) can say how large it is."""
 
     id: int
     image: np.ndarray
     name: str
     source_ts: float | None
     capture_ns: int
+    spacing_mm: tuple[float, float] | None = None
 
 
 def now_ns() -> int:

@@ -91,10 +91,14 @@ class GrabbedSource(Source):
         while not self._stop.is_set() and (frame := self._mailbox.take()) is not None:
             yield frame
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Stops the thread and waits up to ``timeout_s`` for it (a driver blocked in read may take longer)."""
+    def interrupt(self) -> None:
+        """Iteration ends now (a consumer waiting for the next frame wakes); the producer stops at its next check."""
         self._stop.set()
         self._mailbox.finish()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stops the thread and waits up to ``timeout_s`` for it (a driver blocked in read may take longer)."""
+        self.interrupt()
         if self._thread.ident is not None:
             self._thread.join(timeout_s)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.capture.dicom import DicomSource, is_dicom
 from pipeline.capture.frame import Frame, Source, SourceError, distinct_names
+from pipeline.capture.igtl import IgtlSource, is_igtl
 from pipeline.capture.images import ImageSource
 from pipeline.capture.live import LiveReplay, LiveSource, is_device
 from pipeline.capture.phantom import PhantomConfig
@@ -24,7 +25,7 @@ def _is_phantom(spec: str) -> bool:
 
 def _stands_alone(spec: str) -> bool:
     """Everything but image files, folders and globs: those group into one source."""
-    return _is_phantom(spec) or is_device(spec) or Path(spec).suffix.lower() in VIDEO_SUFFIXES or is_dicom(spec)
+    return _is_phantom(spec) or is_device(spec) or is_igtl(spec) or Path(spec).suffix.lower() in VIDEO_SUFFIXES or is_dicom(spec)
 
 
 def _replay(spec: str, fps: float) -> Source:
@@ -40,6 +41,13 @@ def _replay(spec: str, fps: float) -> Source:
     return ImageSource([spec], fps=fps)
 
 
+def _live(spec: str) -> Source | None:
+    """The live source ``spec`` names (an OpenIGTLink server or a capture device), None for files."""
+    if is_igtl(spec):
+        return IgtlSource(spec)
+    return LiveSource(spec) if is_device(spec) else None
+
+
 def as_live(source: Source, live: bool | None, *, loop: bool = False) -> Source:
     """``live`` None keeps the source's kind; True plays a replay as a device (real time, drops counted), over and
     over with ``loop``."""
@@ -49,11 +57,12 @@ def as_live(source: Source, live: bool | None, *, loop: bool = False) -> Source:
 
 
 def open_source(spec: str | Path, *, fps: float = 20.0, live: bool | None = None, loop: bool = False) -> Source:
-    """``phantom[:N]``, a capture device (V4L2 index, /dev/video*, GStreamer pipeline with "!"), a DICOM file
+    """``phantom[:N]``, a capture device (V4L2 index, /dev/video*, GStreamer pipeline with "!"), an OpenIGTLink
+    server's IMAGE stream (``igtl://HOST:PORT/DEVICE``), a DICOM file
     (.dcm / .dicom or the DICM marker), a video file, an image file, a folder of images or a glob. ``fps``
     paces images and the phantom, and DICOM files that state no frame timing."""
     text = str(spec)
-    return as_live(LiveSource(text) if is_device(text) else _replay(text, fps), live, loop=loop)
+    return as_live(_live(text) or _replay(text, fps), live, loop=loop)
 
 
 def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool | None = None) -> list[Source]:
@@ -68,7 +77,7 @@ def open_sources(specs: Sequence[str | Path], *, fps: float = 20.0, live: bool |
         if images:
             sources.append(ImageSource(images, fps=fps))
             images = []
-        sources.append(LiveSource(spec) if is_device(spec) else _replay(spec, fps))
+        sources.append(_live(spec) or _replay(spec, fps))
     if images:
         sources.append(ImageSource(images, fps=fps))
     _distinct_outputs(sources)

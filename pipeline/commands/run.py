@@ -19,9 +19,10 @@ from pipeline.choices import DEFAULT_ADDRESS
 from pipeline.commands.common import (
     add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
 )
-from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE_INT, SECONDS
+from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.commands.sources import parse_pace
+from pipeline.publish.addresses import IGTL_PORT, LOOPBACK, host_port
 from pipeline.publish.curve import add_server_arguments, server_from_args
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source", metavar="SOURCE", nargs="*",
-        help="video, DICOM cine, image folder/glob, phantom[:N], or a device (0, /dev/video0, GStreamer pipeline); several: one stream each",
+        help="video, DICOM cine, image folder/glob, phantom[:N], a device (0, /dev/video0, GStreamer pipeline) or an OpenIGTLink IMAGE stream (igtl://HOST:PORT/DEVICE); several: one stream each",
     )
     p.add_argument("--sources", type=Path, default=None, metavar="FILE.toml", help="[[stream]] entries: source, id, reference, pace, fps, live, loop")
     p.add_argument("--reference", default=None, help="reference file from `bonestream calibrate` (every stream's unless its entry names one)")
@@ -47,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--wait-timeout", type=SECONDS, default=30.0,
         help="seconds to wait for subscribers at the start, and for a lossless consumer or recorder to take a frame (default 30)",
     )
+    p.add_argument(
+        "--igtl", type=host_port, nargs="?", const=str(IGTL_PORT), default=None, metavar="[HOST:]PORT",
+        help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {LOOPBACK}:{IGTL_PORT}; loopback unless --insecure)",
+    )
+    p.add_argument("--spacing", type=POSITIVE, default=None, metavar="MM", help="mm per pixel for --igtl when the source states none (default 1.0)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
     p.add_argument("--overwrite", action="store_true", help="replace the masks of a previous run in --masks (refused otherwise)")
@@ -101,15 +107,20 @@ def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
 
 def check_binds(args: argparse.Namespace, curve) -> None:
     """Every address this run binds, checked against the exposure rule before the model loads."""
+    from pipeline.publish.igtl_server import check_igtl_bind
     from pipeline.publish.transport import check_bind
 
     for address in (args.publish, args.lossless):
         if address:
             check_bind(address, curve, args.insecure)
+    if getattr(args, "igtl", None):
+        check_igtl_bind(*args.igtl, args.insecure)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.sources is not None or len(args.source) != 1:
+        if args.igtl:
+            raise BonestreamError("--igtl serves one stream (devices Image and Prediction): run it with one source")
         if args.timestamps is not None or args.start or args.stop is not None or args.max_frames is not None:
             raise BonestreamError("--timestamps, --start, --stop and --max-frames apply to a run of one source")
         if args.stream_id is not None:
@@ -117,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.commands.run_streams import run_streams
 
         return run_streams(args)
+    from pipeline.publish.igtl import IgtlOutput
+    from pipeline.publish.igtl_server import IgtlServer
     from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
     from pipeline.publish.publisher import LosslessSender, Publisher
     from pipeline.publish.recorder import Recorder
@@ -150,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         if args.lossless:
             outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
             print(f"lossless PUSH on {args.lossless}")
+        if args.igtl:
+            server = IgtlServer(*args.igtl, insecure=args.insecure)
+            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing))
+            print(f"OpenIGTLink server on {server.address} (devices Image, Prediction)")
         if args.record:
             outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps)))
         if args.masks:

@@ -9,6 +9,7 @@ import argparse
 
 LOOPBACK = "127.0.0.1"
 WEB_PORT = 8080
+IGTL_PORT = 18944  # the OpenIGTLink port PlusServer and 3D Slicer use
 
 
 def host_port(text: str) -> tuple[str, int]:
