@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -128,3 +128,28 @@ class Source:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WrappedSource(Source):
+    """A source that changes which frames another yields, or their stamps: it takes the wrapped source's names,
+    rate and kind, reads its counters through (a device's dropped, reconnects, gaps), and passes interrupt and
+    close on."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name, self.stem, self.fps, self.live = source.name, source.stem, source.fps, source.live
+
+    @property
+    def count(self) -> int | None:
+        return self.source.count
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def interrupt(self) -> None:
+        self.source.interrupt()
+
+    def close(self) -> None:
+        self.source.close()

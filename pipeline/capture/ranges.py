@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
-from pipeline.capture.frame import Frame, Source, SourceError
+from pipeline.capture.frame import Frame, Source, SourceError, WrappedSource
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,13 @@ class FrameRange:
         return {"start": self.start, "stop": self.stop, "max_frames": self.max_frames}
 
 
-class RangedSource(Source):
+class RangedSource(WrappedSource):
     """``source``'s frames in ``frames``: images are sliced, other sources skip what comes before the start."""
 
     def __init__(self, source: Source, frames: FrameRange) -> None:
         frames.check(source)
-        self.source, self.frames = source, frames
-        self.name, self.stem, self.fps, self.live = source.name, source.stem, source.fps, source.live
+        super().__init__(source)
+        self.frames = frames
 
     @property
     def count(self) -> int | None:
@@ -61,17 +61,6 @@ class RangedSource(Source):
     def __iter__(self) -> Iterator[Frame]:
         end = self.frames.end
         return itertools.islice(self.source.frames_from(self.frames.start), None if end is None else end - self.frames.start)
-
-    def __getattr__(self, name: str) -> Any:  # a device's counters (dropped, reconnects, gaps) read through
-        if name == "source":  # not set yet: no recursion
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-    def interrupt(self) -> None:
-        self.source.interrupt()
-
-    def close(self) -> None:
-        self.source.close()
 
 
 def select_frames(source: Source, frames: FrameRange) -> Source:

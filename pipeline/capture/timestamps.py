@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from pipeline.capture.frame import Frame, Source, SourceError
+from pipeline.capture.frame import Frame, Source, SourceError, WrappedSource
 
 
 def _numbers(text: str) -> list[float] | None:
@@ -53,21 +53,17 @@ def read_timestamps(path: Path) -> dict[int, float]:
     return times
 
 
-class TimestampedSource(Source):
+class TimestampedSource(WrappedSource):
     """``source``'s frames with ``source_ts`` from a timestamps file, so PacedSource's "realtime" follows the file."""
 
     def __init__(self, source: Source, times: dict[int, float], path: Path, first: int = 0, end: int | None = None) -> None:
-        self.source, self.times, self.path = source, times, path
-        self.name, self.stem, self.fps, self.live = source.name, source.stem, source.fps, source.live
+        super().__init__(source)
+        self.times, self.path = times, path
         end = end if end is not None else source.count
         if end is not None:  # the frames this run uses are known: every one needs a time, checked before any work
             missing = next((i for i in range(first, end) if i not in times), None)
             if missing is not None:
                 raise SourceError(f"--timestamps {path}: no time for frame {missing} ({source.name} uses frames {first}-{end - 1})")
-
-    @property
-    def count(self) -> int | None:
-        return self.source.count
 
     def frames_from(self, start: int) -> Iterator[Frame]:
         for frame in self.source.frames_from(start):
@@ -77,14 +73,3 @@ class TimestampedSource(Source):
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames_from(0)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "source":  # not set yet: no recursion
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-    def interrupt(self) -> None:
-        self.source.interrupt()
-
-    def close(self) -> None:
-        self.source.close()

@@ -135,8 +135,8 @@ def read_sources_file(path: Path, defaults: StreamSpec) -> list[StreamSpec]:
     """The ``[[stream]]`` entries of a TOML file, each field checked; unset fields take ``defaults``."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise SourcesFileError(f"{path}: reading a sources file needs Python 3.11 or later (tomllib)") from None
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package (setup.cfg)
+        import tomli as tomllib
     try:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
