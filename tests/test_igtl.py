@@ -206,7 +206,8 @@ def test_a_server_that_restarts_is_reconnected_and_one_that_stays_away_ends_the_
             second.send_message(image(np.full((8, 8), 2, np.uint8)), wait=False)
             again = next(frames)
             assert again.id == 1 and int(again.image[0, 0]) == 2
-            assert source.reconnects == 1 and len(source.gaps) == 1
+            # one outage, or two when the stopping first server still took a connection before its socket closed
+            assert source.reconnects in (1, 2) and len(source.gaps) == source.reconnects
         assert list(frames) == []  # gone for longer than reconnect_s: the stream ends, no error
     finally:
         source.close()
