@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.bench import BenchSettings, calibrated_reference  # noqa: E402
-from benchmarks.frames import SWEEP_CLIP, FrameSet, load_frames  # noqa: E402
+from benchmarks.frames import FrameSet, default_clip, load_frames  # noqa: E402
 from benchmarks.report import describe_device, device_info  # noqa: E402
 from benchmarks.runner import Wire  # noqa: E402
 from benchmarks.targets import check_multistream_targets  # noqa: E402
@@ -119,7 +119,7 @@ def run_streams(engines: StaticBatches, frames: FrameSet, s: MultistreamSettings
 
 
 def benchmark(s: MultistreamSettings, progress: bool = True) -> dict[str, Any]:
-    frames = load_frames(s.frames)
+    frames = load_frames(s.frames, default_clip())
     model, identity = load_model(s.weights, progress=False)
     ref = calibrated_reference(BenchSettings(device=s.device, input_size=s.input_size), frames, model, identity)
     engines = build_static_batches(model, identity, ref, BackendSpec(s.backend, s.device, s.precision, max(s.streams)))
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
              "backend": args.backend, "precision": args.precision, "max_batch_delay_ms": args.max_batch_delay, "weights": args.weights}
     s = replace(s, **{k: v for k, v in given.items() if v is not None})
     print(f"multistream: {', '.join(map(str, s.streams))} streams x {s.fps:g} fps, {s.seconds:g} s each, input {s.input_size[0]}x{s.input_size[1]} on {s.device}"
-          + (f" ({SWEEP_CLIP.name})" if SWEEP_CLIP.is_file() else " (phantom)"), flush=True)
+          + (f" ({clip.name})" if (clip := default_clip()) else " (phantom)"), flush=True)
     doc = benchmark(s)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "multistream.json", doc)

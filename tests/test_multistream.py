@@ -6,8 +6,11 @@ These tests check delivery, accounting, batching and isolation between streams, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -33,6 +36,8 @@ from pipeline.publish.publisher import Publisher, SharedSender
 from pipeline.publish.subscriber import Subscriber
 from pipeline.run import Pipeline, RunConfig, Stream
 from pipeline.segment.batches import build_static_batches, static_sizes
+
+REPO = Path(__file__).resolve().parents[1]
 
 H, W = 64, 80
 PHANTOM = PhantomConfig(height=H, width=W, n_frames=12)
@@ -259,3 +264,18 @@ def test_max_batch_delay_is_bounded_at_parse_time(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["run", "a.mp4", "b.mp4", "--reference", "r.json", "--max-batch-delay", "5000"])
     assert exit_.value.code == 2 and "--max-batch-delay: 5000 is out of range" in capsys.readouterr().err
+
+
+def test_multistream_benchmark_writes_its_table_here_stamped(tmp_path):
+    """The benchmark's command end to end at a toy size: JSON, markdown and PNG in the current folder, per-stream
+    percentiles, labelled as random weights."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.multistream", "--streams", "2", "--fps", "5", "--seconds", "1", "--input-size", "32x40"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((tmp_path / "multistream.json").read_text())
+    row = doc["rows"][0]
+    assert row["streams"] == 2 and len(row["per_stream"]) == 2 and row["total_fps"] > 0
+    assert doc["meta"]["random_weights"] is True and "RANDOM WEIGHTS" in doc["note"]
+    assert (tmp_path / "multistream.md").is_file() and (tmp_path / "multistream.png").is_file()
