@@ -225,3 +225,26 @@ def test_recordings_are_keyed_by_input_name_and_path_and_outputs_are_not_walked(
     (twin / "ward_a" / "p1.mp4").write_bytes((exams["exams"] / "ward_a" / "p1.mp4").read_bytes())
     with pytest.raises(ArchiveInputError, match="would share the output folder exams/ward_a/p1.mp4"):
         find_recordings([exams["exams"], twin], tmp_path / "out")
+
+
+def test_a_recording_one_row_taller_is_served_by_the_reuse_rule(exams, tmp_path):
+    """Exams encoded with a padded row (406 -> 407) keep the calibrated imaging area: done, masks at their own
+    size; a recording the area does not fit is refused with the rule's reason, alone."""
+    with av.open(str(exams["exams"] / "ward_a" / "p1.mp4")) as clip:
+        frames = [f.to_ndarray(format="gray") for f in clip.decode(video=0)]
+    padded = tmp_path / "in" / "padded.avi"  # a lossless codec keeps the rows exact
+    small = tmp_path / "in" / "small.avi"
+    for path, images in ((padded, [np.pad(g, ((0, 1), (0, 0))) for g in frames]), (small, [g[:200, :200] for g in frames])):
+        path.parent.mkdir(exist_ok=True)
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("ffv1", rate=20)
+            stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], "gray"
+            for g in images:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(g, format="gray")))
+            out.mux(stream.encode())
+    rc, summary = archive(exams, tmp_path / "out", str(tmp_path / "in"))
+    assert rc == 1 and summary["done"] == 1 and summary["failed"] == 1
+    mask = next((tmp_path / "out" / "in" / "padded.avi").rglob("masks/*.png"))
+    assert cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE).shape == (407, 476)
+    (failure,) = summary["failures"]
+    assert "small.avi" in failure["key"] and "does not fit" in failure["error"]

@@ -17,7 +17,11 @@ from typing import Any
 import torch
 
 from models.errors import BonestreamError
+from calibration.reference import Reference
+from models.loader import load_model
 from pipeline.archive.manifest import RECORD
+from pipeline.capture.open import frame_size, open_source
+from pipeline.infer.select import BackendSpec
 from pipeline.archive.recordings import Recording
 from pipeline.offline import segment_sources
 from pipeline.publish.files import write_json_atomic
@@ -66,11 +70,21 @@ class ArchiveWorker:
         torch.set_num_threads(config.threads)
         self.config = config
         self.out_dir = Path(config.out_dir)
-        self.seg = BoneSegmenter.create(
-            config.reference, config.weights, device=config.device, precision=config.precision, backend=config.backend,
-            batch=config.batch_size, refine=config.refine, progress=False,
-        )
+        self.reference = Reference.load(config.reference)
+        self.model, self.identity = load_model(self.reference.weights_spec() if config.weights is None else config.weights, progress=False)
+        self.reference.check_weights(self.identity.label, config.reference)
+        self.spec = BackendSpec(config.backend, config.device, config.precision, config.batch_size)
+        self._segmenters: dict[tuple[int, int], BoneSegmenter] = {}
+        self.seg = self._segmenter(tuple(self.reference.geometry.frame_size))  # built and warmed up before any recording
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _segmenter(self, size: tuple[int, int], where: str = "reference") -> BoneSegmenter:
+        """The engine for frames of ``size``: the reference fitted to it by the reuse rule (Geometry.at_frame_size;
+        an exam whose encoder padded a row is served, one the imaging area does not fit is refused), built once."""
+        if size not in self._segmenters:
+            reference = self.reference.at_frame_size(size, where)
+            self._segmenters[size] = BoneSegmenter.from_model(reference, self.model, self.identity, self.spec, refine=self.config.refine)
+        return self._segmenters[size]
 
     def pid(self) -> int:
         return os.getpid()
@@ -82,9 +96,12 @@ class ArchiveWorker:
         tmp = self.out_dir / PARTIAL / uuid.uuid4().hex
         result: dict[str, Any] = {"worker": self.name, "frames": 0}
         try:
-            summary = json.loads(segment_sources(
-                self.seg, [str(recording.path)], tmp, batch_size=self.config.batch_size, overlay=self.config.overlay, progress=False,
-            ).read_bytes())
+            with open_source(recording.path) as source:  # closed after each recording: a worker lives for thousands
+                size = frame_size(source)
+                seg = self.seg if size is None else self._segmenter(size, str(recording.path))
+                summary = json.loads(segment_sources(
+                    seg, [source], tmp, batch_size=self.config.batch_size, overlay=self.config.overlay, progress=False,
+                ).read_bytes())
             result["frames"] = summary["frames"]
             write_json_atomic(tmp / RECORD, {
                 "key": recording.key, "source": str(recording.path), "sha256": recording.sha256,

@@ -23,6 +23,7 @@ from models.errors import FrameError
 from models.loader import load_model
 from models.placement import device_guard
 from models.preprocess import to_gray
+from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.choices import REFINEMENTS
 from pipeline.infer.backend import Backend
@@ -116,9 +117,18 @@ class BoneSegmenter:
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         spec = ref.weights_spec() if weights is None else weights  # the reference's own weights unless others are named
         model, identity = load_model(spec, allow_download=allow_download, progress=progress)
-        deployment = Deployment.from_reference(model, identity.label, ref)
-        selection = select_backend(BackendSpec(backend, device, precision, batch), deployment, cache)
-        segmenter = cls(ref, selection.backend, identity, refine)
+        return cls.from_model(ref, model, identity, BackendSpec(backend, device, precision, batch), refine=refine, cache=cache)
+
+    @classmethod
+    def from_model(
+        cls, reference: Reference, model: DinoViT, identity: WeightsIdentity, spec: BackendSpec, *, refine: str | None = None,
+        cache: EngineCache | None = None,
+    ) -> "BoneSegmenter":
+        """A segmenter on a model already loaded (``model`` is only read: the engine copies what it needs), so one
+        process can serve several references or frame sizes with one set of weights."""
+        deployment = Deployment.from_reference(model, identity.label, reference)
+        selection = select_backend(spec, deployment, cache)
+        segmenter = cls(reference, selection.backend, identity, refine)
         segmenter.selection = selection
         return segmenter
 
