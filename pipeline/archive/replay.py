@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
+import secrets
 import shutil
+import socket
+import sys
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -34,8 +38,13 @@ LOCK = ".archive.lock"
 _RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.+)$")  # a traceback's last line
 
 
-def import_ray() -> ModuleType:
-    """Ray is an optional extra, imported only by this command."""
+def import_ray(local: bool = True) -> ModuleType:
+    """Ray is an optional extra, imported only by this command. Ray's ports listen on every interface, so a local
+    instance runs with token authentication and a fresh random token (Ray reads both when it is imported): no other
+    host can submit work to it or read frames through it. ``--address`` clusters bring their own token."""
+    if local and "ray" not in sys.modules:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     try:
         import ray
     except ImportError:
@@ -51,6 +60,17 @@ class ClusterOptions:
     cpus_per_worker: int = 1
     gpu_fraction: float = 0.25  # of one card per worker when the device is cuda, so several workers share it
     address: str | None = None
+
+
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """An ``--address HOST:PORT`` that answers within ``timeout_s``: Ray itself would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray resolves those itself, at once
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BonestreamError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 @contextmanager
@@ -189,7 +209,7 @@ def archive(
 ) -> ArchiveReport:
     """Every recording not yet done for this reference, segmented into DIR/<key>/; the report is written as
     DIR/archive_summary.json. Ray starts only when there is something to do."""
-    ray = import_ray()
+    ray = import_ray(local=options.address is None)
     out_dir = Path(config.out_dir)
     with exclusive(out_dir):
         manifest = Manifest.open(out_dir)

@@ -31,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from calibration.reference import Reference
     from models.weights import WeightsIdentity
     from pipeline.archive.recordings import find_recordings, hashed
-    from pipeline.archive.replay import ClusterOptions, archive, import_ray
+    from pipeline.archive.replay import ClusterOptions, archive, import_ray, reachable
     from pipeline.archive.report import SUMMARY, ArchiveReport
     from pipeline.archive.worker import WorkerConfig
 
-    import_ray()
+    import_ray(local=args.address is None)
     out_dir = Path(args.out).resolve()
     check_output_dir(out_dir, "--out")
     if args.device not in ("cpu", "cuda"):
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     reference = Reference.load(args.reference)
     weights = weights_for(reference, args.weights)
     recordings = find_recordings(args.inputs, out_dir)
+    if args.address:
+        reachable(args.address)
     identity = WeightsIdentity.from_dict(reference.weights)
     announce_weights(identity.label)
     print(f"{len(recordings)} recordings, reference {reference.id}")
