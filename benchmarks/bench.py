@@ -32,6 +32,7 @@ from benchmarks.streams import StreamLoad, paced_streams
 from benchmarks.targets import EQUAL_LABELS, check_targets
 from calibration.calibrate import calibrate
 from calibration.reference import Reference
+from pipeline.commands.common import weights_for
 from models.errors import BonestreamError
 from models.loader import load_model
 from models.preprocess import Geometry, detect_roi
@@ -260,6 +261,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     given = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if getattr(args, f.name, None) is not None}
     if given.get("input_size") == "clip":
         given["input_size"] = None
+    if getattr(args, "reference", None) and getattr(args, "weights", None) is None:  # the reference's own weights
+        given["weights"] = weights_for(Reference.load(args.reference), None)
     return replace(base, **given)
 
 

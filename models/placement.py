@@ -24,6 +24,21 @@ def resolve(device: str | torch.device) -> torch.device:
     return dev
 
 
+def usable(device: str) -> torch.device:
+    """``device`` checked before any work starts: a name torch knows, and a CUDA device that is here."""
+    from models.errors import BonestreamError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BonestreamError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BonestreamError(f"--device {device}: no CUDA device here (torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise BonestreamError(f"--device {device}: {torch.cuda.device_count()} CUDA devices here")
+    return dev
+
+
 @contextmanager
 def device_guard(device: str | torch.device) -> Iterator[torch.device]:
     """Run on ``device``: on CUDA it becomes the current device, so kernels, streams and events of the work inside

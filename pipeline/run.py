@@ -36,6 +36,8 @@ from pipeline.segment.segmenter import BoneSegmenter, Prediction
 log = logging.getLogger(__name__)
 
 _END = object()
+LOGGED_FAILURES = 5  # failed frames logged per stream; all of them are in its summary
+LIVE_SIZE_REFUSAL = 10  # a live stream whose first this many frames all have another size is refused (a replay: its first)
 
 
 def id_ranges(ids: Sequence[int]) -> str:
@@ -165,6 +167,7 @@ class Stream:
         self.end_sent = False  # ... and passed it on to the encode stage
         self.labelled_any = False
         self.size_error: str | None = None  # the last frame refused for its size
+        self.size_failures = 0  # frames refused for their size before any was labelled
         self.to_infer = Handoff("infer", config.queue_size, self.live, _frame_id)
         self.to_encode = Handoff("encode", config.queue_size, self.live, _frame_id)
         self.summary = RunSummary(source.name, self.live)
@@ -189,15 +192,21 @@ class Stream:
             self.source.interrupt()
 
     def refuse(self, reason: str) -> None:
-        """A replay whose first frames all have another size than the reference: every frame after them would fail
-        the same way, so this stream stops reading (once, not as an abort) and says why in one line."""
+        """A replay whose first frame, or a live stream whose first LIVE_SIZE_REFUSAL frames, all have another size
+        than the reference: every frame after them would fail the same way, so this stream stops reading (once, not
+        as an abort; a live source is closed so a blocked read wakes) and says why in one line."""
         if self.summary.refused is None:
             self.summary.refused = reason
             self.stop.set()
+            if self.live:
+                self.source.close()
 
     def fail(self, frame: Frame, stage: str, exc: BaseException) -> None:
         self.summary.failed.append({"id": frame.id, "name": frame.name, "stage": stage, "error": f"{exc.__class__.__name__}: {exc}"})
-        log.warning("%s frame %s failed in %s: %s", self.source.name, frame.id, stage, exc)  # also in the summary
+        shown = len(self.summary.failed)
+        if shown <= LOGGED_FAILURES:  # every failure is in the summary; the log is not flooded by a stream that fails all
+            more = "; further failures are counted in the summary only" if shown == LOGGED_FAILURES else ""
+            log.warning("%s frame %s failed in %s: %s%s", self.source.name, frame.id, stage, exc, more)
         log.debug("frame %s: %s", frame.id, traceback.format_exc(limit=3))
 
     def capture(self, arrived: Callable[[], None]) -> None:
@@ -442,6 +451,7 @@ class Pipeline:
                 stream.fail(frame, "preprocess" if isinstance(exc, FrameError) else "inference", exc)
                 if isinstance(exc, FrameSizeError):
                     stream.size_error = str(exc)
+                    stream.size_failures += 1
                 return []
         return [triple for pair in batch for triple in self._predict([pair])]
 
@@ -453,7 +463,7 @@ class Pipeline:
                 inferred = time.monotonic_ns()
                 for stream in {s for s, _ in batch}:
                     stream.summary.batches[len(batch)] = stream.summary.batches.get(len(batch), 0) + sum(1 for s, _ in batch if s is stream)
-                    if not stream.labelled_any and stream.size_error and not stream.live:
+                    if not stream.labelled_any and stream.size_error and (not stream.live or stream.size_failures >= LIVE_SIZE_REFUSAL):
                         stream.refuse(stream.size_error)
                 for stream, frame, prediction in done:
                     stream.to_encode.put(Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"]))

@@ -184,11 +184,12 @@ def test_adapt_command_writes_a_loadable_labelled_checkpoint(tmp_path, capsys) -
 
 @pytest.mark.parametrize("case, expected", [
     ("one-frame", "1 frame(s)"), ("json-out", "ending in .pth"), ("no-state", "nothing to resume"), ("roi", "does not fit"),
+    ("device", "not a torch device"),
 ])
 def test_bad_input_is_one_line(case, expected, tmp_path, capsys) -> None:
     frames = write_frames(tmp_path / "sweep", 1 if case == "one-frame" else 3)
     out = tmp_path / ("adapted.json" if case == "json-out" else "adapted.pth")
-    extra = {"no-state": ["--resume"], "roi": ["--roi", "0,0,100,100"]}.get(case, [])
+    extra = {"no-state": ["--resume"], "roi": ["--roi", "0,0,100,100"], "device": ["--device", "tpu9"]}.get(case, [])
     assert main(["adapt", str(frames), "--out", str(out), *CLI_TINY, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err

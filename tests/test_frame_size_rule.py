@@ -74,3 +74,13 @@ def test_a_source_the_roi_does_not_fit_is_refused_before_the_model_loads(
     assert len(err.splitlines()) == 1 and f"{small}: frames are 950x700" in err and "calibrated 950x811" in err
     assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]  # refused before any model was made
     assert not (tmp_path / "o" / "masks").exists()
+
+
+def test_a_replay_played_live_is_sized_before_the_run(ultrabones: Path) -> None:
+    """--live on a file (or live = true in a sources file) still has its frame size checked before the model
+    loads: frame_size reads through the live wrapper; a real device is only sized at its first frames."""
+    from pipeline.capture.open import frame_size, open_source
+
+    live = open_source(ultrabones / "sweep_frames", live=True)
+    assert live.live and frame_size(live) == (811, 950)
+    live.close()

@@ -211,6 +211,8 @@ fps = 25
         ('id = "x"\nsource = "phantom:5"\n[[stream]]\nid = "x"\nsource = "phantom:6"', "stream id 'x' is given to two streams"),
         ('pace = "max"', "stream 1: field 'source' is missing"),
         ('source = "phantom:5"\n[[stream]]\nid = "x"\nsource = "phantom:5"\nreference = ""', "stream 2 (x): field 'reference' is empty"),
+        ('id = ".."\nsource = "phantom:5"', "stream 1 (..): field 'id' '..'"),  # ids name output folders
+        ('id = "streams.json"\nsource = "phantom:5"', "field 'id' 'streams.json'"),
     ],
 )
 def test_a_bad_sources_file_is_one_line_before_any_model(tmp_path: Path, capsys, entry: str, needle: str) -> None:
@@ -279,3 +281,14 @@ def test_multistream_benchmark_writes_its_table_here_stamped(tmp_path):
     assert row["streams"] == 2 and len(row["per_stream"]) == 2 and row["total_fps"] > 0
     assert doc["meta"]["random_weights"] is True and "RANDOM WEIGHTS" in doc["note"]
     assert (tmp_path / "multistream.md").is_file() and (tmp_path / "multistream.png").is_file()
+
+
+def test_a_sources_file_keeps_urls_and_refuses_entries_that_are_not_tables(tmp_path: Path, capsys) -> None:
+    path = write_toml(tmp_path / "s.toml", '[[stream]]\nsource = "igtl://127.0.0.1:18944/Image"\n')
+    (spec,) = read_sources_file(path, StreamSpec("", reference="ref.json"))
+    assert spec.source == "igtl://127.0.0.1:18944/Image"  # not a path below the file's folder
+    assert with_ids([StreamSpec("../.hidden"), StreamSpec("streams.json")])[0].id == "hidden"
+    assert with_ids([StreamSpec("streams.json")])[0].id != "streams.json"
+    bad = write_toml(tmp_path / "bad.toml", "stream = [1, 2]\n")
+    assert main(["run", "--sources", str(bad), "--reference", "ref.json", "--no-progress"]) == 2
+    assert "stream 1 is not a table" in capsys.readouterr().err

@@ -41,3 +41,9 @@ def test_bad_ranges_are_refused(ultrabones: Path, tmp_path: Path, capsys) -> Non
     with pytest.raises(SystemExit):
         main([*args, "--stop", "0"])  # checked when parsed
     assert "--stop" in capsys.readouterr().err
+
+
+def test_a_loop_cannot_be_bounded_by_a_range(tmp_path: Path, capsys) -> None:
+    """--loop replays without end while --stop/--max-frames bound one pass: refused together, before any model."""
+    assert main(["run", "phantom:4", "--reference", str(tmp_path / "none.json"), "--loop", "--max-frames", "2", "--no-publish"]) == 2
+    assert "--loop replays the source without end" in capsys.readouterr().err

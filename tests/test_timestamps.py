@@ -40,6 +40,9 @@ def test_too_few_times_are_refused_before_any_frame(ultrabones: Path, tmp_path: 
     with pytest.raises(SourceError, match="no time for frame 40 .*uses frames 0-79"):
         TimestampedSource(open_source(ultrabones / "sweep_frames"), read_timestamps(path), path)
     TimestampedSource(open_source(ultrabones / "sweep_frames"), read_timestamps(path), path, 10, 40)  # the range used is covered
+    every = tmp_path / "all.txt"
+    every.write_text("\n".join(str(i / 10) for i in range(80)))
+    TimestampedSource(open_source(ultrabones / "sweep_frames"), read_timestamps(every), every, 0, 500)  # a --stop past the end
 
 
 def test_pacing_follows_the_file(ultrabones: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from pipeline.publish.publisher import Publisher
 from pipeline.publish.subscriber import Subscriber
 from pipeline.publish.transport import TransportError
 from pipeline.publish.addresses import host_port
-from pipeline.publish.web import WebConfig, WebView, overlay_jpeg
+from pipeline.publish.web import NewestFrame, WebConfig, WebView, overlay_jpeg
 from test_message import make_message
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -252,3 +252,13 @@ def test_headless_chromium_shows_the_overlay_and_the_counters(tmp_path):
     banner = (np.abs(image - (176, 0, 32)).max(axis=-1) < 30).sum()
     assert banner > 10_000  # the RANDOM WEIGHTS banner in red
     assert proc.returncode == 0 and "served " in output, output
+
+
+def test_a_page_from_an_earlier_viewer_gets_the_newest_frame_at_once():
+    """A tablet kept its page open while the viewer restarted: its frame count is ahead of the new viewer's."""
+    newest = NewestFrame("tcp://127.0.0.1:5555")
+    assert newest.newer_than(50, 0.05) is None  # no frame yet: the long poll waits, then 204
+    newest.put(b"jpeg", time.monotonic_ns(), {"frame_id": 7})
+    seq, jpeg, frame_id = newest.newer_than(50, 5.0)
+    assert (seq, jpeg, frame_id) == (1, b"jpeg", 7)
+    assert newest.newer_than(seq, 0.05) is None

@@ -111,10 +111,11 @@ def _distinct_outputs(sources: Sequence[Source]) -> None:
 
 def frame_size(source: Source) -> tuple[int, int] | None:
     """(height, width) of a replay source's frames, read from its first frame (all its frames share it); None for a
-    live device, which is not touched before the run."""
-    if source.live:
+    live device, which is not touched before the run (a replay played as a device is read through)."""
+    replay = source.source if isinstance(source, LiveReplay) else source
+    if replay.live:
         return None
-    for frame in source.frames_from(0):
+    for frame in replay.frames_from(0):
         return tuple(frame.image.shape[:2])  # type: ignore[return-value]
     raise SourceError(f"{source.name}: no frames")
 

@@ -59,7 +59,8 @@ class TimestampedSource(WrappedSource):
     def __init__(self, source: Source, times: dict[int, float], path: Path, first: int = 0, end: int | None = None) -> None:
         super().__init__(source)
         self.times, self.path = times, path
-        end = end if end is not None else source.count
+        if source.count is not None:  # a --stop past the end asks for no frame beyond it
+            end = source.count if end is None else min(end, source.count)
         if end is not None:  # the frames this run uses are known: every one needs a time, checked before any work
             missing = next((i for i in range(first, end) if i not in times), None)
             if missing is not None:

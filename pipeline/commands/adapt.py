@@ -92,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     from models.adapt.checkpoint import RANDOM_INIT_STAMP, load_state, plot_losses, save_backbone, save_state
     from models.adapt.train import Adapter, AdaptSettings
     from models.adapt.views import make_batch
+    from models.placement import usable
     from models.weights import WeightsIdentity, resolve_weights
     from pipeline.capture.recordings import hold_recordings
     from pipeline.publish.files import write_json_atomic
 
     paths = outputs(Path(args.out))
     check_outputs(paths, args.resume, args.overwrite)
+    usable(args.device)
     held = hold_recordings(args.sources, roi=args.roi, max_side=args.max_side, progress=args.progress)
     sources = [h.record for h in held]
     recordings = [h.recording for h in held]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from models.architecture import BLOCKS, FACETS
 from models.errors import BonestreamError
 from pipeline.commands.calibrate import add_geometry_arguments, geometry_from
-from pipeline.commands.common import add_weights_arguments, announce_weights
+from pipeline.commands.common import add_weights_arguments, announce_weights, weights_for
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_output_dir
 from pipeline.geometry_options import GeometryOptions
@@ -76,6 +76,7 @@ def geometry_for(args: argparse.Namespace, frames: Sequence[Frame]) -> tuple[Geo
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibration.reference import Reference
     from models.loader import load_model
     from pipeline.analysis.analyze import AnalysisSettings, analyze
     from pipeline.analysis.truth import load_truth
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     frames = sample_frames(open_sources(args.sources), args.count)
     geometry, reference = geometry_for(args, frames)
     truth = load_truth(args.truth, frames) if args.truth is not None else None
-    model, identity = load_model(args.weights, progress=args.progress)
+    weights = args.weights if args.reference is None else weights_for(Reference.load(args.reference), args.weights)
+    model, identity = load_model(weights, progress=args.progress)
     announce_weights(identity.label)
     g = geometry
     print(f"{len(frames)} frames, roi {g.roi}, input {g.input_size[0]}x{g.input_size[1]}, stride {g.stride}, grid {g.grid[0]}x{g.grid[1]}; "

@@ -88,6 +88,8 @@ def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
     from pipeline.capture.ranges import select_frames
     from pipeline.capture.timestamps import TimestampedSource, read_timestamps
 
+    if args.loop and (args.stop is not None or args.max_frames is not None):
+        raise BonestreamError("--loop replays the source without end; --stop and --max-frames bound one pass: give one or the other")
     if args.timestamps is not None and args.pace != "max":
         raise BonestreamError(f"--timestamps {args.timestamps} sets the replay pace; leave out --pace {args.pace}")
     source = open_source(args.source, fps=args.fps)

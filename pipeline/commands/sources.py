@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pipeline.capture.frame import Source
 
 MAX_STREAMS = 64  # what one `bonestream record` takes
+INDEX = "streams.json"  # the run's index beside the streams' report folders: no stream may be named so
 
 
 class SourcesFileError(BonestreamError):
@@ -77,7 +78,8 @@ def default_id(source: str) -> str:
 
     text = source.partition(":")[0] if source.startswith("phantom") else source
     stem = Path(text.rstrip("/")).stem if not is_device(text) or text.startswith("/dev/") else ("camera" if "!" in text else f"video{text}")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:60] or "stream"
+    sid = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:60]  # it names output folders: never "." or ".."
+    return sid if sid and sid != INDEX else "stream"
 
 
 def with_ids(specs: Sequence[StreamSpec]) -> list[StreamSpec]:
@@ -117,16 +119,16 @@ def _field(where: str, name: str, value: Any) -> Any:
         raise SourcesFileError(f"{where}: field {name!r}: {exc}") from None
     if name in ("source", "id", "reference") and not value.strip():
         raise SourcesFileError(f"{where}: field {name!r} is empty")
-    if name == "id" and not STREAM_ID.fullmatch(value):
-        raise SourcesFileError(f"{where}: field 'id' {value!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    if name == "id" and not (STREAM_ID.fullmatch(value) and value[0].isalnum() and value != INDEX):
+        raise SourcesFileError(f"{where}: field 'id' {value!r}: use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit (it names output folders), not {INDEX}")
     return value
 
 
 def _local(folder: Path, spec: str) -> str:
-    """Paths in the file are relative to its folder; the phantom and devices are not paths."""
+    """Paths in the file are relative to its folder; the phantom, devices and URLs (``igtl://``) are not paths."""
     from pipeline.capture.live import is_device
 
-    if spec.startswith("phantom") or (is_device(spec) and not spec.startswith("/")) or Path(spec).is_absolute():
+    if spec.startswith("phantom") or "://" in spec or (is_device(spec) and not spec.startswith("/")) or Path(spec).is_absolute():
         return spec
     return str(folder / spec)
 
@@ -152,6 +154,8 @@ def read_sources_file(path: Path, defaults: StreamSpec) -> list[StreamSpec]:
     known = {f.name for f in fields(StreamSpec)}
     specs = []
     for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise SourcesFileError(f"{path}: stream {i} is not a table (write each stream as a [[stream]] entry)")
         where = f"{path}: stream {i}" + (f" ({entry['id']})" if isinstance(entry.get("id"), str) else "")
         unknown = set(entry) - known
         if unknown:

@@ -98,10 +98,12 @@ class NewestFrame:
             self._stats["counters"] = counters
 
     def newer_than(self, seq: int, timeout: float) -> tuple[int, bytes, int] | None:
-        """(seq, JPEG, frame id) of the newest frame once it is newer than ``seq``; None after ``timeout``."""
+        """(seq, JPEG, frame id) of the newest frame once it is newer than ``seq``; None after ``timeout``. A ``seq``
+        ahead of ours comes from a page that watched an earlier viewer on this port: it gets the newest frame at once,
+        so a restarted viewer never leaves a page frozen on an old frame."""
         with self._changed:
-            self._changed.wait_for(lambda: self._seq > seq or self._closed, timeout)
-            if self._seq <= seq or self._jpeg is None:
+            self._changed.wait_for(lambda: (self._seq != seq and self._jpeg is not None) or self._closed, timeout)
+            if self._seq == seq or self._jpeg is None:
                 return None
             return self._seq, self._jpeg, self._stats["frame_id"]
 
