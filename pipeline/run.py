@@ -516,10 +516,6 @@ class Pipeline:
         if self.on_result is not None:
             self.on_result(result)
 
-    def drop_counts(self) -> dict[str, int]:
-        """The first stream's drops so far (see Stream.drop_counts)."""
-        return self.streams[0].drop_counts()
-
 
 def _frame_id(item: Frame | Result) -> int:
     return item.id if isinstance(item, Frame) else item.frame.id

@@ -21,7 +21,7 @@ from pipeline.commands.common import (
 )
 from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.commands.sources import parse_pace
+from pipeline.commands.sources import StreamSpec, parse_pace, played
 from pipeline.publish.addresses import IGTL_PORT, LOOPBACK, host_port
 from pipeline.publish.curve import add_server_arguments, server_from_args
 
@@ -83,8 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
     """The source (range, timestamps, live or paced replay) and the reference fitted to it, all checked before the
     model loads. Nothing is read from a device here: it is opened when the run starts."""
-    from pipeline.capture.open import as_live, open_source
-    from pipeline.capture.pacing import paced
+    from pipeline.capture.open import open_source
     from pipeline.capture.ranges import select_frames
     from pipeline.capture.timestamps import TimestampedSource, read_timestamps
 
@@ -100,11 +99,9 @@ def _open(args: argparse.Namespace) -> tuple[Source, Reference]:
     reference = reference_for(args, [source])
     if args.timestamps is not None:
         source = TimestampedSource(source, read_timestamps(args.timestamps), args.timestamps, frames.start, frames.end)
-    source = as_live(select_frames(source, frames), args.live, loop=args.loop)
     pace = "realtime" if args.timestamps is not None else args.pace
-    if not source.live and (pace != "max" or args.loop):
-        source = paced(source, pace, loop=args.loop)
-    return source, reference
+    spec = StreamSpec(args.source, pace=pace, fps=args.fps, live=args.live, loop=args.loop)
+    return played(select_frames(source, frames), spec), reference
 
 
 def check_binds(args: argparse.Namespace, curve) -> None:
@@ -132,9 +129,8 @@ def run(args: argparse.Namespace) -> int:
         return run_streams(args)
     from pipeline.publish.igtl import IgtlOutput
     from pipeline.publish.igtl_server import IgtlServer
-    from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+    from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, ZmqOutput
     from pipeline.publish.publisher import LosslessSender, Publisher
-    from pipeline.publish.recorder import Recorder
     from pipeline.run import Pipeline, RunConfig
     from pipeline.status import StatusLine, pipeline_status
 
@@ -151,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     source, reference = _open(args)
     seg = load_segmenter(args, reference)
     announce_weights(seg.weights.label)
-    for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
-        (args.report / previous).unlink(missing_ok=True)
+    clear_report(args.report)
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
@@ -160,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
             publisher = Publisher(args.publish, curve=curve, insecure=args.insecure)
             outputs.append(ZmqOutput(publisher, args.overlay))
             print(f"publishing on {args.publish} (topic bonestream/{args.stream_id}){' with CURVE' if curve else ''}")
-            if args.wait_subscribers and not publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout):
-                print(f"warning: {publisher.subscriptions} of {args.wait_subscribers} subscribers after {args.wait_timeout} s; starting anyway", file=sys.stderr)
+            wait_for_subscribers(args, publisher)
         if args.lossless:
             outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
             print(f"lossless PUSH on {args.lossless}")
@@ -169,10 +163,7 @@ def run(args: argparse.Namespace) -> int:
             server = IgtlServer(*args.igtl, insecure=args.insecure)
             outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing))
             print(f"OpenIGTLink server on {server.address} (devices Image, Prediction)")
-        if args.record:
-            outputs.append(RecordOutput(Recorder(args.record, fps=source.fps or args.fps)))
-        if args.masks:
-            outputs.append(MaskFiles(args.masks))
+        outputs += file_outputs(args, source, args.record, args.masks)
         config = RunConfig(
             live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, output_timeout=args.wait_timeout,
             make_message=MessageFactory(seg, args.stream_id),
@@ -182,6 +173,31 @@ def run(args: argparse.Namespace) -> int:
         with StatusLine(pipeline_status(pipeline), enabled=args.progress):
             summary = pipeline.run()
     return _report(args, seg, summary)
+
+
+def clear_report(folder: Path) -> None:
+    """A previous run's latency report and summary never sit beside this run's results."""
+    for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):
+        (folder / previous).unlink(missing_ok=True)
+
+
+def wait_for_subscribers(args: argparse.Namespace, publisher) -> None:
+    """--wait-subscribers: up to --wait-timeout for them, then the run starts anyway (said once)."""
+    if args.wait_subscribers and not publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout):
+        print(f"warning: {publisher.subscriptions} of {args.wait_subscribers} subscribers after {args.wait_timeout} s; starting anyway", file=sys.stderr)
+
+
+def file_outputs(args: argparse.Namespace, source: Source, record: Path | None, masks: Path | None) -> list:
+    """The outputs that write files: a recording (overlay video, masks, index) and mask PNGs."""
+    from pipeline.publish.outputs import MaskFiles, RecordOutput
+    from pipeline.publish.recorder import Recorder
+
+    outputs = []
+    if record:
+        outputs.append(RecordOutput(Recorder(record, fps=source.fps or args.fps)))
+    if masks:
+        outputs.append(MaskFiles(masks))
+    return outputs
 
 
 def _stop_on_signals(pipeline: Pipeline) -> None:

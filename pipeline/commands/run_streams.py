@@ -13,7 +13,6 @@ run_summary.json), ``--record DIR/<id>/``, ``--masks DIR/<id>/``; ``DIR/streams.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
@@ -23,16 +22,15 @@ from models.errors import BonestreamError
 from models.loader import load_model
 from pipeline.commands.common import announce_weights, fit_reference, weights_for
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
-from pipeline.commands.run import _stop_on_signals, check_binds, print_summary, write_report
+from pipeline.commands.run import _stop_on_signals, check_binds, clear_report, file_outputs, print_summary, wait_for_subscribers, write_report
 from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file, with_ids
 from pipeline.infer.select import BackendSpec
 from pipeline.latency import STAGES
 from pipeline.publish.curve import server_from_args
 from pipeline.publish.files import write_json_atomic
 from pipeline.publish.message import topic
-from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, RecordOutput, ZmqOutput
+from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, ZmqOutput
 from pipeline.publish.publisher import LosslessSender, Publisher, SharedSender
-from pipeline.publish.recorder import Recorder
 from pipeline.run import Output, Pipeline, RunConfig, Stream
 from pipeline.segment.batches import StaticBatches, build_static_batches
 from pipeline.status import StatusLine, pipeline_status
@@ -97,9 +95,8 @@ def run_streams(args: argparse.Namespace) -> int:
             engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine)
             selection = engines[path].segmenters[engines[path].largest].selection
             print(f"{path}: static batches {', '.join(map(str, engines[path].sizes))}; {selection.describe()}")
-        for sid in (s.id for s in specs):
-            for previous in ("latency.json", "latency_cdf.png", "run_summary.json"):  # never beside this run's results
-                (args.report / sid / previous).unlink(missing_ok=True)
+        for s in specs:
+            clear_report(args.report / s.id)
         shared = _shared_senders(args, curve, len(specs))
         streams = []
         for s, source in zip(specs, sources):
@@ -107,7 +104,7 @@ def run_streams(args: argparse.Namespace) -> int:
             streams.append(Stream(source, batches, _outputs(args, s.id, source, shared), _config(args), live=s.live, make_message=MessageFactory(batches.first, s.id)))
         if "zmq" in shared:
             print(f"publishing on {args.publish}: topics " + ", ".join(topic(s.id).decode() for s in specs) + (" with CURVE" if curve else ""))
-            _wait_for_subscribers(args, shared["zmq"])
+            wait_for_subscribers(args, shared["zmq"])
         pipeline = Pipeline.of_streams(streams, _config(args))
         _stop_on_signals(pipeline)
         with StatusLine(pipeline_status(pipeline), enabled=args.progress):
@@ -132,22 +129,13 @@ def _shared_senders(args: argparse.Namespace, curve, users: int) -> dict[str, Sh
     return shared
 
 
-def _wait_for_subscribers(args: argparse.Namespace, publisher: SharedSender) -> None:
-    if args.wait_subscribers and not publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout):
-        print(f"warning: {publisher.subscriptions} of {args.wait_subscribers} subscribers after {args.wait_timeout} s; starting anyway", file=sys.stderr)
-
-
 def _outputs(args: argparse.Namespace, sid: str, source, shared: dict[str, SharedSender]) -> list[Output]:
     outputs: list[Output] = []
     if "zmq" in shared:
         outputs.append(ZmqOutput(shared["zmq"], args.overlay))
     if "lossless" in shared:
         outputs.append(LosslessOutput(shared["lossless"], args.overlay, args.wait_timeout))
-    if args.record:
-        outputs.append(RecordOutput(Recorder(args.record / sid, fps=source.fps or args.fps)))
-    if args.masks:
-        outputs.append(MaskFiles(args.masks / sid))
-    return outputs
+    return outputs + file_outputs(args, source, args.record and args.record / sid, args.masks and args.masks / sid)
 
 
 def _report(args: argparse.Namespace, specs: list[StreamSpec], streams: list[Stream], pipeline: Pipeline) -> int:

@@ -61,11 +61,19 @@ def parse_pace(text: str) -> str | float:
 
 
 def open_stream(spec: StreamSpec) -> Source:
-    """The spec's source, paced as asked (a live source runs at its own rate)."""
+    """The spec's source, played as the spec asks (see played)."""
     from pipeline.capture.open import open_source
+
+    return played(open_source(spec.source, fps=spec.fps), spec)
+
+
+def played(source: Source, spec: StreamSpec) -> Source:
+    """``source`` as a stream plays it: as a device (``live``: real time, newest frame kept, drops counted), or
+    replayed at ``pace``; looped with ``loop``. A device runs at its own rate. The one place for this order."""
+    from pipeline.capture.open import as_live
     from pipeline.capture.pacing import paced
 
-    source = open_source(spec.source, fps=spec.fps, live=spec.live, loop=spec.loop)
+    source = as_live(source, spec.live, loop=spec.loop)
     if not source.live and (spec.pace != "max" or spec.loop):
         source = paced(source, spec.pace, loop=spec.loop)
     return source
