@@ -4,6 +4,7 @@ official-layout checkpoint (loaded strictly, calibrated on), exact resume, and t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,3 +195,9 @@ def test_bad_input_is_one_line(case, expected, tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not out.exists()
+
+
+def test_uniform_collapse_is_named() -> None:
+    from pipeline.commands.adapt import collapsed
+
+    assert collapsed([math.log(1024)] * 5, 1024) and not collapsed([6.5, math.log(1024)], 1024) and not collapsed([], 1024)

@@ -164,10 +164,20 @@ def run(args: argparse.Namespace) -> int:
         "compiled": adapter.device.type == "cuda", "torch": torch.__version__, "wall_s": round(wall_s, 2),
         "files": {k: p.name for k, p in paths.items()},
     }
+    summary["collapsed"] = collapsed(losses[-window:], settings.head.out_dim)
     write_json_atomic(paths["sidecar"], summary)
     print(f"adapted backbone -> {paths['checkpoint']} (sha256:{sha[:16]}...), {adapter.step} steps in {wall_s:.1f} s, "
           f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (means of {window} steps)")
     print(f"  {paths['sidecar']}, {paths['loss_curve']}, resumable state {paths['state']}")
+    if summary["collapsed"]:
+        print(f"  ** COLLAPSED: the loss sits at ln {settings.head.out_dim} = {math.log(settings.head.out_dim):.4f}, a uniform teacher: "
+              "the features carry nothing; use more frames per step (--batch-size), a lower --lr or official init **")
     if identity.is_random:
         print(f"  ** {RANDOM_INIT_STAMP} **")
     return 0
+
+
+def collapsed(recent: list[float], out_dim: int, tolerance: float = 1e-3) -> bool:
+    """DINO's uniform collapse: teacher and student both flat over the prototypes, so every recent loss is ln(out_dim)
+    (a cross-entropy with a uniform target is at least that, and equal only when the student is uniform too)."""
+    return bool(recent) and all(abs(loss - math.log(out_dim)) < tolerance for loss in recent)
