@@ -244,7 +244,7 @@ def _report(args: argparse.Namespace, seg, summary) -> int:
     pace = "timestamps" if args.timestamps else args.pace
     report, json_path, png_path = write_report(args.report, args.source, pace, seg, summary, timing)
     if summary.refused:
-        raise BonestreamError(f"{summary.refused} (the run stopped at the source's first frame)")
+        raise BonestreamError(f"{summary.refused} (the run stopped after the first {summary.read} frame(s) it read, all refused)")
     print_summary(summary)
     print(format_report(report))
     print(f"latency report: {json_path} and {png_path}")
