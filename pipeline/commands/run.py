@@ -112,7 +112,7 @@ def check_binds(args: argparse.Namespace, curve) -> None:
     for address in (args.publish, args.lossless):
         if address:
             check_bind(address, curve, args.insecure)
-    if getattr(args, "igtl", None):
+    if args.igtl:
         check_igtl_bind(*args.igtl, args.insecure)
 
 

@@ -19,3 +19,8 @@ def host_port(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535 or (sep and not host):
         raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT with a port from 0 to 65535")
     return host, int(port)
+
+
+def host_port_text(host: str, port: int) -> str:
+    """``HOST:PORT`` as people and URLs write it (an IPv6 host in brackets): host_port's inverse."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

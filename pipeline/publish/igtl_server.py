@@ -16,7 +16,7 @@ import socket
 import threading
 
 from pipeline.capture.live import Mailbox
-from pipeline.publish.addresses import IGTL_PORT, LOOPBACK
+from pipeline.publish.addresses import IGTL_PORT, LOOPBACK, host_port_text
 from pipeline.publish.transport import TransportError, exposure_error
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ MAX_CLIENTS = 16
 def check_igtl_bind(host: str, port: int, insecure: bool) -> str:
     """The ``HOST:PORT`` to show, once binding it is allowed (transport.exposure_error): loopback, or anything with
     ``insecure``, since OpenIGTLink has no encryption."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = host_port_text(host, port)
     remedy = "--insecure (OpenIGTLink is not encrypted: only on a network you trust)"
     if (error := exposure_error(f"tcp://{where}", encrypted=False, insecure=insecure, remedy=remedy)) is not None:
         raise error

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
-from pipeline.publish.addresses import WEB_PORT
+from pipeline.publish.addresses import WEB_PORT, host_port_text
 from pipeline.publish.encode import encode_jpeg
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.subscriber import Subscriber
@@ -67,7 +67,7 @@ class WebConfig:
 
 
 def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"http://{host_port_text(host, port)}/"
 
 
 class NewestFrame:
