@@ -4,10 +4,11 @@ Plain constants with no imports, so ``bonestream <command> --help`` builds its p
 OpenCV; the modules that implement each choice import it from here, so it is defined once.
 """
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt")
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "openvino")
 BACKEND_CHOICES = ("auto", *BACKENDS)
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: fp32 and each precision the device runs natively, timed, behind the parity gate
 REFINEMENTS = ("grabcut",)
 TRUTH_KINDS = ("auto", "surface", "region")
 THIN_HALF_WIDTH = 5  # px: a mask with no pixel farther than this from its background is a curve, not a region

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from calibration.reference import Reference
 
-ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
+ENGINE_BACKENDS = ("tensorrt", "onnxruntime-trt", "openvino", "onnxruntime")  # what `--backend auto` builds: the ones with engine files
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

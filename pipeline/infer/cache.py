@@ -25,7 +25,7 @@ from models.weights import default_cache_dir
 from pipeline.publish.files import write_json_atomic
 
 # Distributions whose version can change what an engine computes or whether it loads.
-LIBRARIES = ("bonestream", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "torch-tensorrt", "tensorrt")
+LIBRARIES = ("bonestream", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "torch-tensorrt", "tensorrt", "openvino")
 
 
 def library_versions() -> dict[str, str]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.infer.cache import EngineCache
+from pipeline.infer.cpu_features import cpu_features
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import OUTPUT_NAMES, engine_module
 from pipeline.infer.quantize import quantize_linear_layers
@@ -46,12 +47,13 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str | Path, out
 def cached_onnx(deployment: Deployment, *, batch: int, precision: str, outputs: str, cache: EngineCache) -> tuple[Path, bool]:
     """The deployment's ONNX file for one batch size, precision and output kind (exported on a cache miss).
 
-    int8 is the fp32 export with its linear layers quantised (see quantize.py).
+    int8 is the fp32 export with its linear layers quantised (see quantize.py), to 7 bits on CPUs without VNNI.
     """
-    key = deployment.key("onnx", outputs=outputs, batch=batch, precision=precision, device="cpu")
+    reduce_range = precision == "int8" and not cpu_features().vnni
+    key = deployment.key("onnx-7bit" if reduce_range else "onnx", outputs=outputs, batch=batch, precision=precision, device="cpu")
     if precision == "int8":
         source, _ = cached_onnx(deployment, batch=batch, precision="fp32", outputs=outputs, cache=cache)
-        return cache.fetch(key, ".onnx", lambda path: quantize_linear_layers(source, path))
+        return cache.fetch(key, ".onnx", lambda path: quantize_linear_layers(source, path, reduce_range))
 
     def build(path: Path) -> None:
         core = engine_module(deployment, precision, outputs, "cpu").core

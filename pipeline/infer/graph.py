@@ -41,10 +41,13 @@ class CoreGraph(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         keys = self.vit.encode(pixels).keys
-        if self.labeller is None:
-            return (keys,)
-        _, foreground, margin = self.labeller(keys)
-        return foreground.to(torch.uint8), margin
+        return (keys,) if self.labeller is None else fused_outputs(self.labeller, keys)
+
+
+def fused_outputs(labeller: PatchLabeller, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 keys -> (bone flag as uint8, margin): the labelling every fused engine ends with."""
+    _, foreground, margin = labeller(keys)
+    return foreground.to(torch.uint8), margin
 
 
 class EngineGraph(nn.Module):

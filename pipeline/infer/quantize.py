@@ -1,9 +1,11 @@
-"""int8 for CPUs without fast reduced-precision floats (AVX2: torch bf16/fp16 run ~5x slower than fp32 there).
+"""int8 linear layers for ONNX Runtime on the CPU.
 
 ONNX Runtime's dynamic quantisation turns the ViT's linear layers (qkv, proj, fc1, fc2: three quarters of its
 FLOPs) into int8 matrix products with int8 weights per output channel and uint8 activations scaled per call.
-Everything else stays fp32: attention products, softmax, LayerNorm, GELU and the whole labelling. ``reduce_range``
-keeps products inside AVX2's 16-bit accumulators (without VNNI they saturate). The parity gate judges the result.
+Everything else stays fp32: attention products, softmax, LayerNorm, GELU and the whole labelling. Without VNNI
+(plain AVX2) int8 products go through 16-bit accumulators that saturate, so weights are quantised to 7 bits
+(``reduce_range``); with VNNI or AMX-INT8 the full 8 bits are used, which halves the rounding error. The parity
+gate judges the result.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ class _NoStaticHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_linear_layers(source: str | Path, target: str | Path) -> None:
-    """Write ``source`` (an fp32 export) with its linear layers in dynamic int8 to ``target``, checked."""
+def quantize_linear_layers(source: str | Path, target: str | Path, reduce_range: bool) -> None:
+    """Write ``source`` (an fp32 export) with its linear layers in dynamic int8 to ``target``, checked;
+    ``reduce_range`` (7-bit weights) for CPUs without VNNI."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional; the ONNX backend checked it is there
 
     nodes = linear_matmuls(onnx.load(str(source), load_external_data=False))
@@ -42,7 +45,7 @@ def quantize_linear_layers(source: str | Path, target: str | Path) -> None:
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-            per_channel=True, reduce_range=True,
+            per_channel=True, reduce_range=reduce_range,
         )
     finally:
         logging.getLogger().removeFilter(hint)

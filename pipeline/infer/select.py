@@ -10,6 +10,8 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field, replace
+from itertools import product
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,17 +19,21 @@ import torch
 from pipeline.choices import BACKEND_CHOICES
 from pipeline.infer.backend import Backend, BackendUnavailable, TorchBackend, require_cuda
 from pipeline.infer.cache import EngineCache
+from pipeline.infer.cpu_features import cpu_features
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.onnx_backend import OnnxRuntimeBackend
+from pipeline.infer.openvino_backend import OpenVinoBackend
 from pipeline.infer.parity import recorded_verdict
 from pipeline.infer.tensorrt_backend import TensorRTBackend
 
 # auto's candidates, most promising first (ties in the timing go to the earlier one)
 CANDIDATES = {
-    "cpu": ("onnxruntime", "torch"),
+    "cpu": ("openvino", "onnxruntime", "torch"),
     "cuda": ("tensorrt", "onnxruntime-trt", "onnxruntime", "torch-compile", "torch"),
 }
 TRIALS = 3  # timed calls per candidate after one warm-up call
+AUTO_PRECISIONS = ("fp32", "bf16", "int8", "fp16")  # what --precision auto tries, where the device runs it natively
+Gate = Callable[[Backend], "str | None"]  # why a reduced-precision engine is refused (the parity gate), or None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
         return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
     if name == "tensorrt":
         return TensorRTBackend(deployment, device, precision, batch, outputs, cache)
+    if name == "openvino":
+        return OpenVinoBackend(deployment, device, precision, batch, outputs, cache)
     raise ValueError(f"backend {name!r} is not one of {BACKEND_CHOICES}")
 
 
@@ -103,22 +111,57 @@ def time_backend(backend: Backend, frames: np.ndarray, trials: int = TRIALS) -> 
     return statistics.median(times)
 
 
-def select_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None, trials: int = TRIALS) -> Selection:
-    """``spec.name`` itself, or for ``auto`` the fastest candidate that builds and runs on ``spec.device``."""
+def precision_candidates(device: str) -> tuple[list[str], list[Fallback]]:
+    """What ``--precision auto`` tries on ``device``: fp32 (the reference) and every reduced precision that runs
+    natively there; on a CPU the others are fallbacks that say which unit is missing (cpu_features)."""
+    if torch.device(device).type != "cpu":
+        return list(AUTO_PRECISIONS), []
+    features = cpu_features()
+    kept, fallbacks = ["fp32"], []
+    for precision in AUTO_PRECISIONS[1:]:
+        reason = features.lacks(precision)
+        if reason is None:
+            kept.append(precision)
+        else:
+            fallbacks.append(Fallback(precision, reason))
+    return kept, fallbacks
+
+
+def runs_at(name: str, precision: str, device: str) -> bool:
+    """Whether backend ``name`` builds ``precision`` at all on ``device`` (auto skips the pairs that never exist)."""
+    if precision == "int8":
+        return name == "onnxruntime" and torch.device(device).type == "cpu"
+    return not (precision == "bf16" and name.startswith("onnxruntime"))  # ONNX Conv has no bfloat16 (opset 18)
+
+
+def select_backend(
+    spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None, trials: int = TRIALS, gate: Gate | None = None
+) -> Selection:
+    """``spec.name`` itself, or for ``auto`` the fastest candidate that builds and runs on ``spec.device``.
+
+    ``spec.precision`` ``auto`` tries every precision of precision_candidates too; a reduced-precision candidate is
+    then kept only if ``gate`` (the parity gate on real frames) passes it.
+    """
     cache = cache or EngineCache()
-    if spec.name != "auto":
+    if spec.name != "auto" and spec.precision != "auto":
         return Selection(usable_backend(spec, deployment, cache), spec.name)
+    names = CANDIDATES[torch.device(spec.device).type] if spec.name == "auto" else (spec.name,)
+    precisions, fallbacks = precision_candidates(spec.device) if spec.precision == "auto" else ([spec.precision], [])
     frames = np.random.default_rng(0).integers(0, 256, deployment.plane_shape(spec.batch), dtype=np.uint8)
     working: dict[str, Backend] = {}
     measured: dict[str, float] = {}
-    fallbacks: list[Fallback] = []
-    for candidate in CANDIDATES[torch.device(spec.device).type]:
+    for name, precision in product(names, precisions):
+        if not runs_at(name, precision, spec.device):
+            continue
+        label = name if spec.precision != "auto" else f"{name} {precision}"
         try:
-            backend = usable_backend(replace(spec, name=candidate), deployment, cache)
-            measured[candidate] = time_backend(backend, frames, trials)
-            working[candidate] = backend
+            backend = usable_backend(replace(spec, name=name, precision=precision), deployment, cache)
+            if precision != "fp32" and spec.precision == "auto" and gate is not None and (refusal := gate(backend)) is not None:
+                raise BackendUnavailable(refusal)
+            measured[label] = time_backend(backend, frames, trials)
+            working[label] = backend
         except Exception as exc:  # any candidate that fails to build or run is a reported fallback, not a crash
-            fallbacks.append(Fallback(candidate, f"{type(exc).__name__}: {exc}"))
+            fallbacks.append(Fallback(label, f"{type(exc).__name__}: {exc}"))
     if not working:
         raise BackendUnavailable("no backend runs here:\n" + "\n".join(f"  {f.backend}: {f.reason}" for f in fallbacks))
     fastest = min(working, key=measured.__getitem__)

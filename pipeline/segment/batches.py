@@ -74,4 +74,6 @@ def build_static_batches(
         selection = select_backend(replace(spec, batch=size), deployment, cache)
         segmenters[size] = BoneSegmenter(reference, selection.backend, identity, refine)
         segmenters[size].selection = selection
+        # auto chooses once, at the first size: a frame's labels must not depend on the batch it lands in
+        spec = replace(spec, name=selection.backend.name, precision=selection.backend.precision)
     return StaticBatches(segmenters)
