@@ -40,6 +40,8 @@ from pipeline.publish.files import write_bytes_atomic, write_figure, write_json_
 from pipeline.stats import summarize
 
 MODES = {"eager": "torch", "compile": "torch-compile"}
+NEEDS_S = {"eager": 10.0, "compile": 90.0}  # time a row may take at most (compiling takes about a minute), for --budget-s
+STARTED = time.monotonic()
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # tf32: the fp32 engine with TF32 matrix products
 
 
@@ -63,6 +65,7 @@ class GridSettings:
     clip: Path | None = None  # None: the shared sweep clip if it is beside the repository, else the phantom
     out: Path = Path(".")
     tag: str = "engine_grid"
+    budget_s: float | None = None  # from the start: rows that would not fit are written as skipped, the tables still are
 
     @classmethod
     def for_device(cls, device: str) -> "GridSettings":
@@ -195,6 +198,11 @@ class Grid:
 
     def run_engine(self, mode: str, precision: str, batch: int) -> None:
         label = f"{MODES[mode]} {precision} b{batch}"
+        if self.s.budget_s is not None and time.monotonic() - STARTED + NEEDS_S[mode] > self.s.budget_s:
+            print(f"  {label}: skipped, --budget-s {self.s.budget_s:g} would be passed", flush=True)
+            self.write({"kind": "engine", "backend": MODES[mode], "mode": mode, "precision": precision, "batch": batch,
+                        "error": f"skipped: --budget-s {self.s.budget_s:g} would be passed"})
+            return
         try:
             with tf32_matmul(precision == "tf32"):
                 row = {"kind": "engine", **self.engine_row(mode, precision, batch), "error": None}
@@ -261,7 +269,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     for r in (r for r in rows if r["kind"] == "engine"):
         if r["error"]:
-            lines.append(f"| {r['backend']} | | {r['precision']} | {r['batch']} | failed: {r['error'][:120].replace('|', '/')} |")
+            note = r["error"] if r["error"].startswith("skipped") else f"failed: {r['error']}"
+            lines.append(f"| {r['backend']} | | {r['precision']} | {r['batch']} | {note[:120].replace('|', '/')} |")
             continue
         m, e = r["model_ms"], r["engine_ms"]
         lines.append(f"| {r['backend']} | {'yes' if r['cuda_graph'] else 'no'} | {r['precision']} | {r['batch']} | {m['count']} | "
@@ -347,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", type=Path, help="video to take frames from (default: the shared sweep clip, else the phantom)")
     p.add_argument("--out", type=Path, help="results folder (default: the current folder)")
     p.add_argument("--tag", help="file name stem (default engine_grid)")
+    p.add_argument("--budget-s", type=POSITIVE, help="seconds for the whole grid: rows that would not fit are skipped (default: none)")
     args = p.parse_args(argv)
     base = GridSettings.for_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if v is not None and k != "device"}

@@ -97,7 +97,7 @@ def steps(c: Context) -> list[Step]:
 
     cli = [*py, "-m", "pipeline.cli"]
     size = ["--input-size", "32x40" if s.smoke else "224x224"]
-    grid = ["--precisions", "fp32,bf16", "--batch-sizes", "1,2", "--calls", "3", "--warmup", "1", "--frames", "4"] if s.smoke else ["--row-seconds", "2.5"]
+    grid = ["--precisions", "fp32,bf16", "--batch-sizes", "1,2", "--calls", "3", "--warmup", "1", "--frames", "4"] if s.smoke else ["--row-seconds", "2.5", "--budget-s", "195"]
     bench = (["--precisions", "fp32", "--batch-sizes", "1,2", "--frames", "4", "--warmup", "1"] if s.smoke else
              ["--precisions", "bf16,fp16", "--batch-sizes", "1,8,32", "--frames", "120", "--warmup", "3"])
     reference = out / "calibrate" / "reference.json"
@@ -107,9 +107,9 @@ def steps(c: Context) -> list[Step]:
     multistream = ["--streams", "1,2", "--fps", "5", "--seconds", "1"] if s.smoke else ["--streams", "1,8,32", "--fps", "30", "--seconds", "5"]
     return [
         Step("nvidia-smi", ["nvidia-smi"], 15, needs_cuda=True),
-        Step("versions", [*py, str(Path(__file__).resolve()), "--versions"], 40),
+        Step("versions", [*py, str(Path(__file__).resolve()), "--versions"], budget(20, 40)),
         Step("cuda-tests", [*py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files(), "-k", "cuda or gpu"], budget(60, 90)),
-        Step("engine-grid", [*py, "-m", "benchmarks.engine_grid", "--device", s.device, *size, *grid, *c.clip_args(), "--out", str(out / "engine-grid")], budget(230, 150)),
+        Step("engine-grid", [*py, "-m", "benchmarks.engine_grid", "--device", s.device, *size, *grid, *c.clip_args(), "--out", str(out / "engine-grid")], budget(220, 150)),
         Step("bench", [*py, "-m", "benchmarks.bench", "--device", s.device, "--backends", "torch", *bench, "--baseline-frames", "0",
                        "--streams", "0", *size, *c.clip_args(), "--out", str(out / "bench")], budget(60, 90)),
         Step("calibrate", [*cli, "calibrate", c.source, "--out", str(reference), "--weights", "random:0", "--count", "2" if s.smoke else "4",
