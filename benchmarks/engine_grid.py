@@ -88,27 +88,11 @@ def tf32_matmul(allowed: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-class Timer:
-    """ms of a callable: CUDA events on the device's stream, or the host clock on the CPU."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def time(self, fn: Callable[[], Any]) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-        start_s = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start_s) * 1e3
+def host_ms(fn: Callable[[], Any]) -> float:
+    """ms of ``fn`` on the host clock (the engine rows' device times come from the backend's CUDA events)."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def timed_calls(s: GridSettings, fn: Callable[[], float]) -> list[float]:
@@ -124,7 +108,7 @@ class Grid:
 
     def __init__(self, s: GridSettings, bench: Bench) -> None:
         self.s, self.bench = s, bench
-        self.timer = Timer(s.device)
+        self.cuda = torch.device(s.device).type == "cuda"
         geometry = bench.reference.geometry
         self.planes = geometry.planes(bench.frames.images)
         needed = max((*s.batches, *s.compile_batches))
@@ -140,7 +124,7 @@ class Grid:
             "frames_source": bench.frames.source,
             "weights": bench.identity.label,
             "weights_warning": bench.identity.warning,
-            "timer": "cuda-events" if self.timer.cuda else "host-clock",
+            "timer": "cuda-events" if self.cuda else "host-clock",
             "settings": {k: str(v) for k, v in asdict(s).items()},
         }
         self.write(self.meta)
@@ -153,12 +137,16 @@ class Grid:
         if row["kind"] != "meta":
             self.rows.append(row)
 
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
     def engine(self, mode: str, precision: str, batch: int):
         spec = BackendSpec(MODES[mode], self.s.device, "fp32" if precision == "tf32" else precision, batch)
         return make_backend(spec, self.bench.deployment)
 
     def engine_row(self, mode: str, precision: str, batch: int) -> dict[str, Any]:
-        s, timer = self.s, self.timer
+        s = self.s
         start = time.perf_counter()
         backend = self.engine(mode, precision, batch)
         build_s = time.perf_counter() - start
@@ -176,7 +164,7 @@ class Grid:
         stage["model"] = timed_calls(s, call)
         with torch.inference_mode():
             compute, static = backend.compute, backend.staging.input
-            timer.sync()
+            self.sync()
             start = time.perf_counter()
 
             def once() -> float:
@@ -184,12 +172,12 @@ class Grid:
                 return 0.0
 
             loops = len(timed_calls(s, once))
-            timer.sync()
+            self.sync()
             wall = time.perf_counter() - start
         mask = backend.run(self.parity)[0]
         return {
             "backend": backend.name, "mode": mode, "cuda_graph": hasattr(backend.compute, "graph"),
-            "precision": precision, "batch": batch, "build_s": round(build_s, 2),
+            "precision": precision, "matmul_precision": torch.get_float32_matmul_precision(), "batch": batch, "build_s": round(build_s, 2),
             "model_ms": summarize(stage["model"]), "engine_ms": summarize(stage["engine"]),
             "model_ms_per_frame": float(np.median(stage["model"])) / batch,
             "frames_per_s": batch * loops / wall,
@@ -215,7 +203,7 @@ class Grid:
             print(f"  {label}: FAILED {row['error'][:300]}", flush=True)
         finally:
             gc.collect()
-            if self.timer.cuda:
+            if self.cuda:
                 torch.cuda.empty_cache()
         self.write(row)
 
@@ -224,9 +212,8 @@ class Grid:
         CUDA nvJPEG (torchvision.io.encode_jpeg on a device tensor, compressed bytes back on the host)."""
         gray = self.bench.frames.images[0]
         rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB) if gray.ndim == 2 else gray
-        host = Timer("cpu")
-        self.write(self.jpeg_row("opencv", rgb, lambda: host.time(lambda: encode_jpeg(rgb))))
-        if not self.timer.cuda:
+        self.write(self.jpeg_row("opencv", rgb, lambda: host_ms(lambda: encode_jpeg(rgb))))
+        if not self.cuda:
             self.write({"kind": "jpeg", "encoder": "nvjpeg", "error": f"skipped: {self.s.device} is not a CUDA device"})
             return
         try:
@@ -237,7 +224,7 @@ class Grid:
         chw = torch.from_numpy(rgb).to(self.s.device).permute(2, 0, 1).contiguous()
 
         def nvjpeg() -> float:  # host clock: the call returns once the bytes are on the host
-            return host.time(lambda: device_jpeg(chw, quality=DEFAULT_JPEG_QUALITY).cpu())
+            return host_ms(lambda: device_jpeg(chw, quality=DEFAULT_JPEG_QUALITY).cpu())
 
         try:
             self.write(self.jpeg_row("nvjpeg", rgb, nvjpeg))

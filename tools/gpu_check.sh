@@ -4,4 +4,4 @@
 #   bash tools/gpu_check.sh --device cpu --smoke        the same steps at toy size on a CPU
 # PYTHON picks the interpreter (default python3).
 set -euo pipefail
-exec "${PYTHON:-python3}" "$(dirname "$0")/gpu_check.py" "$@"
+exec "${PYTHON:-$(command -v python3 || command -v python)}" "$(dirname "$0")/gpu_check.py" "$@"
