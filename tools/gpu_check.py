@@ -62,7 +62,7 @@ class CheckSettings:
 
 @dataclass
 class Context:
-    """What the steps share: the clip, the reference the ``run`` steps calibrate, the environment."""
+    """What the steps share: the settings, the clip (the bundle's, else the shared one; none in smoke), their environment."""
 
     s: CheckSettings
     clip: Path | None
