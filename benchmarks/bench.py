@@ -39,13 +39,12 @@ from models.preprocess import Geometry, detect_roi
 from models.resampling import DEFAULT_RESAMPLING
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
-from pipeline.choices import BACKENDS
 from pipeline.commands.paths import check_output_dir
 from pipeline.infer.backend import TorchBackend
 from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import DTYPES
-from pipeline.infer.select import BackendSpec, make_backend
+from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend, precision_candidates, runs_at
 from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
@@ -58,8 +57,8 @@ class BenchSettings:
     """One benchmark run. The defaults are the CPU's CI-sized run; ``for_device`` gives the GPU's full one."""
 
     device: str = "cpu"
-    backends: tuple[str, ...] = ("torch", "onnxruntime")
-    precisions: tuple[str, ...] = ("fp32", "int8")  # int8: onnxruntime only; torch bf16/fp16 are ~5x slower on AVX2
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    precisions: tuple[str, ...] = ("fp32", "int8")  # on the CPU: fp32 and what it runs natively (for_device)
     batches: tuple[int, ...] = (1, 4)
     frames: int = 20  # per configuration
     warmup: int = 1  # batches per configuration
@@ -81,10 +80,10 @@ class BenchSettings:
 
     @classmethod
     def for_device(cls, device: str) -> "BenchSettings":
-        if torch.device(device).type == "cpu":
-            return cls(device=device)
+        if torch.device(device).type == "cpu":  # bf16 where AMX or AVX512-BF16 runs it, int8 where VNNI does
+            return cls(device=device, precisions=tuple(precision_candidates(device)[0]))
         return cls(
-            device=device, backends=BACKENDS, precisions=tuple(DTYPES), batches=(1, 8, 32), frames=1000, warmup=10,
+            device=device, backends=CANDIDATES["cuda"], precisions=tuple(DTYPES), batches=(1, 8, 32), frames=1000, warmup=10,
             turn=250, baseline_frames=100, streams=16,
         )
 
@@ -131,12 +130,12 @@ def build_run(bench: Bench, config: Config) -> Run:
 
 
 def build_runs(bench: Bench) -> list[Run]:
-    """torch fp32 batch 1 first (every other row is compared with it), then every configuration asked for
-    (int8 only with onnxruntime, the one backend that has it)."""
+    """torch fp32 batch 1 first (every other row is compared with it), then every configuration asked for that its
+    backend builds at all (select.runs_at: int8 only with onnxruntime on the CPU, no bf16 in ONNX Runtime)."""
     s = bench.settings
     reference = Config("torch", "fp32", 1)
     asked = (Config(*p) for p in product(s.backends, s.precisions, s.batches))
-    configs = [reference] + [c for c in asked if c != reference and (c.precision != "int8" or c.backend == "onnxruntime")]
+    configs = [reference] + [c for c in asked if c != reference and runs_at(c.backend, c.precision, s.device)]
     runs = []
     for config in configs:
         try:
