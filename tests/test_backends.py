@@ -125,7 +125,7 @@ def test_gpu_backends_match_torch_fp32(deployment, frames, name: str, tmp_path: 
 
 def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     settings = replace(
-        bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=2, input_size=(32, 40),
+        bench.BenchSettings.for_device("cpu"), backends=("torch",), precisions=("fp32",), batches=(1, 2), frames=2, input_size=(32, 40),
         calibration_frames=2, baseline_frames=1, out=tmp_path, cache_dir=str(tmp_path / "engines"),
     )
     doc, paths = bench.run_benchmark(settings)
