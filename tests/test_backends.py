@@ -141,3 +141,15 @@ def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> No
     assert saved["baseline"]["stride"] == 4 and saved["runs"][0]["speedup_vs_original"] > 0
     table = paths[1].read_text()
     assert "| torch | fp32 | 2 |" in table and "RANDOM WEIGHTS" in table and "load average" in table
+
+
+def test_torch_compile_engines_past_the_recompile_limit(deployment, frames) -> None:
+    """Every torch-compile engine is a recompile of EngineGraph.forward: more engines than dynamo's recompile_limit
+    (lowered here to keep the test short; 8 by default) still build and run, each matching eager torch."""
+    with torch._dynamo.config.patch(recompile_limit=1, accumulated_recompile_limit=1):
+        engines = [TorchBackend(deployment, batch=b, mode="compile") for b in (1, 2, 3)]  # three static shapes
+        for engine in engines:
+            mask, margin = engine(frames)
+            reference = TorchBackend(deployment, batch=engine.batch)(frames)
+            np.testing.assert_array_equal(mask, reference[0])
+            np.testing.assert_allclose(margin, reference[1], atol=1e-4)

@@ -7,11 +7,14 @@ deployment (``graph.engine_module``): it never moves or changes a module it was 
 
 from __future__ import annotations
 
+import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.errors import BonestreamError
 from pipeline.infer.deployment import Deployment
@@ -46,6 +49,22 @@ def require_cuda(name: str, device: str) -> torch.device:
     return dev
 
 
+_compiled = itertools.count(1)  # torch-compile engines built in this process
+_compile_lock = threading.Lock()
+
+
+def compile_engine(module: nn.Module) -> Compute:
+    """``torch.compile`` of one engine, any number of them per process. Every engine is a recompile of the same
+    ``EngineGraph.forward``; dynamo keeps ``recompile_limit`` (8) versions per function and, under ``fullgraph``,
+    the next one is an error, so the limits grow with the engines built (each engine's calls match its own entry)."""
+    config = torch._dynamo.config
+    with _compile_lock:
+        engines = next(_compiled)
+        for name in ("recompile_limit", "accumulated_recompile_limit"):  # both named so on torch 2.11 and 2.13
+            setattr(config, name, max(getattr(config, name), engines + 8))
+    return torch.compile(module, fullgraph=True, dynamic=False)
+
+
 @dataclass
 class TorchBackend(StagedBackend):
     """PyTorch on CPU or CUDA, ``mode`` eager or compile (torch.compile, inductor); on CUDA either is captured
@@ -67,6 +86,6 @@ class TorchBackend(StagedBackend):
             raise ValueError(f"torch mode {self.mode!r} is not eager or compile")
         self.name = "torch" if self.mode == "eager" else "torch-compile"
         module = engine_module(self.deployment, self.precision, self.outputs, self.device)
-        compute: Compute = torch.compile(module, fullgraph=True, dynamic=False) if self.mode == "compile" else module
+        compute: Compute = compile_engine(module) if self.mode == "compile" else module
         self.staging = Staging(self.device, self.deployment.plane_shape(self.batch))
         self.compute = ready(compute, self.staging.input)
