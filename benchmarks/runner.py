@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -130,6 +131,7 @@ class Run:
     loadavg: list[float] = field(default_factory=list)  # 1-minute load average after each turn (includes this run)
     others_cores: list[float] = field(default_factory=list)  # CPU used by other processes during each turn, in cores
     cursor: int = 0  # next frame index (cycles over the frame set)
+    wall_s: float = 0.0  # wall time of its turns (batches back to back): throughput is frames / this
 
     @property
     def backend(self):
@@ -174,15 +176,29 @@ class OtherLoad:
         return max(0.0, (now[1] - busy0) - (now[2] - mine0)) / max(now[0] - t0, 1e-9)
 
 
-def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int, wire: Wire, make: MessageFactory) -> None:
-    """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation."""
+def take_turns(
+    runs: list[Run], frames: FrameSet, count: int, turn: int, wire: Wire, make: MessageFactory,
+    failed: Callable[[Run, Exception], None], after_turn: Callable[[], None],
+) -> None:
+    """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation. A run that raises
+    is taken out of ``runs`` and handed to ``failed``; the others go on. ``after_turn`` runs after every round (the
+    benchmark writes what it has so far)."""
     others = OtherLoad()
     goal = 0
-    while goal < count:
+    while goal < count and runs:
         goal = min(count, goal + turn)
-        for run in runs:
+        for run in list(runs):
             others.cores()
-            while run.cursor < goal:
-                run.step(frames, wire, make)
+            start = time.perf_counter()
+            try:
+                while run.cursor < goal:
+                    run.step(frames, wire, make)
+            except Exception as exc:  # one configuration failing on a frame must not lose every other one's numbers
+                runs.remove(run)
+                failed(run, exc)
+                continue
+            finally:
+                run.wall_s += time.perf_counter() - start
             run.others_cores.append(others.cores())
             run.loadavg.append(os.getloadavg()[0])
+        after_turn()

@@ -153,3 +153,37 @@ def test_torch_compile_engines_past_the_recompile_limit(deployment, frames) -> N
             reference = TorchBackend(deployment, batch=engine.batch)(frames)
             np.testing.assert_array_equal(mask, reference[0])
             np.testing.assert_allclose(margin, reference[1], atol=1e-4)
+
+
+def test_benchmark_writes_json_as_it_goes_and_skips_a_failing_row(tmp_path: Path, monkeypatch) -> None:
+    """A configuration failing mid-run is reported and dropped; the others' rows, and the JSON written after every
+    turn (a cut-off run keeps its numbers), survive."""
+    settings = replace(
+        bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=4, turn=2, input_size=(32, 40),
+        calibration_frames=2, baseline_frames=0, out=tmp_path, cache_dir=str(tmp_path / "engines"),
+    )
+    seen_on_failure = []
+    build_run = bench.build_run
+
+    def failing_b2(b: bench.Bench, config: bench.Config) -> bench.Run:
+        run = build_run(b, config)
+        if config.batch == 2:
+            compute, calls = run.segmenter.backend.compute, []
+
+            def compute_then_fail(planes: torch.Tensor):
+                calls.append(1)
+                if len(calls) > 1:  # its second turn: the first turn's rows are on disk already
+                    seen_on_failure.append(json.loads((tmp_path / "bench.json").read_text()))
+                    raise RuntimeError("device lost")
+                return compute(planes)
+
+            run.segmenter.backend.compute = compute_then_fail
+        return run
+
+    monkeypatch.setattr(bench, "build_run", failing_b2)
+    doc, paths = bench.run_benchmark(settings)
+    assert seen_on_failure[0]["meta"]["partial"] and [r["batch"] for r in seen_on_failure[0]["runs"]] == [1, 2]
+    saved = json.loads(paths[0].read_text())
+    assert not saved["meta"]["partial"] and [r["batch"] for r in saved["runs"]] == [1]
+    assert saved["runs"][0]["frames"] == 4 and saved["runs"][0]["throughput_fps"] > 0
+    assert saved["skipped"] == [{"config": "torch fp32 b2", "reason": "RuntimeError: device lost"}]
