@@ -118,19 +118,17 @@ def run_streams(engines: StaticBatches, frames: FrameSet, s: MultistreamSettings
     }
 
 
-def benchmark(s: MultistreamSettings, progress: bool = True) -> dict[str, Any]:
+def benchmark(s: MultistreamSettings, progress: bool = True, out: Path | None = None) -> dict[str, Any]:
+    """Every stream count in turn; ``out/multistream.json`` is rewritten after each row (``partial`` until the last),
+    and a row that fails is reported in ``skipped`` while the others run."""
     frames = load_frames(s.frames, default_clip())
     model, identity = load_model(s.weights, progress=False)
     ref = calibrated_reference(BenchSettings(device=s.device, input_size=s.input_size), frames, model, identity)
     engines = build_static_batches(model, identity, ref, BackendSpec(s.backend, s.device, s.precision, max(s.streams)))
-    rows = []
-    for n in s.streams:
-        rows.append(run_streams(engines, frames, s, n))
-        if progress:
-            print(row_line(rows[-1]), flush=True)
     info = device_info(s.device)
+    rows: list[dict[str, Any]] = []
     doc: dict[str, Any] = {
-        "benchmark": "multistream", "settings": asdict(s), "rows": rows,
+        "benchmark": "multistream", "settings": asdict(s), "rows": rows, "skipped": [], "partial": True,
         "meta": {
             "device": info, "device_description": describe_device(info), "frames_source": frames.source,
             "frame_size": list(frames.images[0].shape[:2]), "static_batches": list(engines.sizes),
@@ -138,6 +136,18 @@ def benchmark(s: MultistreamSettings, progress: bool = True) -> dict[str, Any]:
             "weights": identity.to_dict(), "random_weights": identity.is_random, "recorded_at_unix": time.time(),
         },
     }
+    for n in s.streams:
+        try:
+            rows.append(run_streams(engines, frames, s, n))
+        except Exception as exc:  # one failing row must not lose the others
+            doc["skipped"].append({"streams": n, "reason": f"{type(exc).__name__}: {exc}"})
+            print(f"skipped {n} streams: {doc['skipped'][-1]['reason']}", flush=True)
+        else:
+            if progress:
+                print(row_line(rows[-1]), flush=True)
+        if out is not None:
+            write_json_atomic(out / "multistream.json", doc)
+    doc["partial"] = False
     if identity.is_random:
         doc["note"] = RANDOM_NOTE
     doc["targets"] = check_multistream_targets(doc)
@@ -222,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     s = replace(s, **{k: v for k, v in given.items() if v is not None})
     print(f"multistream: {', '.join(map(str, s.streams))} streams x {s.fps:g} fps, {s.seconds:g} s each, input {s.input_size[0]}x{s.input_size[1]} on {s.device}"
           + (f" ({clip.name})" if (clip := default_clip()) else " (phantom)"), flush=True)
-    doc = benchmark(s)
     args.out.mkdir(parents=True, exist_ok=True)
+    doc = benchmark(s, out=args.out)
     write_json_atomic(args.out / "multistream.json", doc)
     write_bytes_atomic(args.out / "multistream.md", markdown(doc).encode())
     plot(doc, args.out / "multistream.png")

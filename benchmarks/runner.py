@@ -23,7 +23,7 @@ import zmq
 
 from benchmarks.frames import FrameSet
 from pipeline.capture.frame import Frame
-from pipeline.publish.encode import encode_prediction
+from pipeline.publish.encode import encode_prediction, warm_encoder
 from pipeline.publish.message import MessageError, decode_header
 from pipeline.publish.outputs import MessageFactory
 from pipeline.publish.publisher import Publisher
@@ -153,6 +153,7 @@ class Run:
 def warm_up(segmenter: BoneSegmenter, frames: FrameSet, batch: int, count: int) -> None:
     """``count`` untimed batches (allocator growth, caches) after the build's own warm-up and capture."""
     images = [frames.images[i % len(frames.images)] for i in range(batch)]
+    warm_encoder(segmenter.device, segmenter.geometry.frame_size)
     for _ in range(count):
         segmenter.predict(images, overlay=True)
 

@@ -29,7 +29,7 @@ from models.errors import FrameError, FrameSizeError
 from pipeline.capture.frame import Frame, Source
 from pipeline.handoff import STOP_GRACE_S, Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
-from pipeline.publish.encode import encode_prediction
+from pipeline.publish.encode import encode_prediction, warm_encoder
 from pipeline.segment.batches import StaticBatches
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
@@ -180,6 +180,8 @@ class Stream:
         # on CUDA results stay on the device until encode; there the copies run on their own stream
         device = engines.device
         self._encode_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self.jpeg:
+            warm_encoder(device, engines.first.geometry.frame_size)  # nvJPEG's encoder is made here, not on a live frame
 
     def interrupt(self) -> None:
         """Stop reading: live sources are closed at once so a capture blocked on the device wakes; a replay source

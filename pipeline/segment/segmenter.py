@@ -48,6 +48,7 @@ class Prediction:
     mask: Array  # frame-size uint8, 0 or 255, zeros outside the ROI
     overlay: Array | None = None  # frame-size x 3 RGB uint8, when asked for
     timings_ms: dict[str, float] = field(default_factory=dict)
+    ready: torch.cuda.Event | None = None  # device tensors on CUDA: recorded after the last write to them, on their stream
 
     @property
     def foreground_fraction(self) -> float:
@@ -195,17 +196,19 @@ class BoneSegmenter:
         clock.mark(step)
         rendered = self.render_both(self.patches, self.frames) if overlay else self.render_mask(self.patches)
         clock.mark(step + 1)
+        ready = None
         if tensors:
             with torch.inference_mode(False):  # ordinary tensors: the caller may write to them or track gradients
-                results = [t[:n].clone() for t in (flags, margin, *rendered)]
+                results = [flags[:n].bool(), *(t[:n].clone() for t in (margin, *rendered))]
+            if self.device.type == "cuda":  # every write above is before this event: a reader on another stream waits on it
+                ready = torch.cuda.Event()
+                ready.record()
         else:
             results = [self.mirror.start(i, t) for i, t in enumerate((flags, margin, *rendered))]
         clock.mark(step + 2)
         timings = {k: v / n for k, v in clock.elapsed_ms().items()}
         if not tensors:
             results = [HostMirror.numpy(t, n) for t in results]
+            results[0] = results[0].astype(bool)
         flags_, margins, masks, *overlays = results
-        return [
-            Prediction(flags_[i].bool() if tensors else flags_[i].astype(bool), margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings))
-            for i in range(n)
-        ]
+        return [Prediction(flags_[i], margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings), ready) for i in range(n)]
