@@ -13,7 +13,7 @@ import torch
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.clustering import KMeansSettings
 from calibration.reference import Reference
-from models.encoder import Fp32LayerNorm
+from models.encoder import EngineLayerNorm
 from models.preprocess import Geometry
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
@@ -98,11 +98,21 @@ def test_fused_labelling_equals_the_reference_labelling(deployment, reference, f
     torch.testing.assert_close(fused_margin, margin, atol=1e-5, rtol=1e-5)
 
 
-def test_reduced_precision_keeps_layernorm_and_labelling_fp32(deployment, frames) -> None:
+def test_reduced_precision_layernorm_casts_nothing_per_call_and_labelling_stays_fp32(deployment, frames) -> None:
+    """bf16: native LayerNorm (weights cast once at build; torch accumulates its statistics in fp32); fp16: fp32
+    LayerNorm weights (its compute stays fp32: the fp16 overflow), only activations cast."""
+    assert engine_module(deployment, "fp16", "fused", "cpu").core.vit.blocks[3].norm1.weight.dtype == torch.float32
     engine = engine_module(deployment, "bf16", "fused", "cpu")
     vit = engine.core.vit
-    assert vit.blocks[3].attn.qkv.weight.dtype == torch.bfloat16 and isinstance(vit.blocks[3].norm1, Fp32LayerNorm)
-    assert vit.blocks[3].norm1.weight.dtype == torch.float32  # cast once at build, never per call
+    assert vit.blocks[3].attn.qkv.weight.dtype == torch.bfloat16 and isinstance(vit.blocks[3].norm1, EngineLayerNorm)
+    assert vit.blocks[3].norm1.weight.dtype == torch.bfloat16 and not vit.blocks[3].norm1.upcast
+    block_input = torch.randn(1, 5, 384, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(  # the same statistics as fp32 LayerNorm, to bf16's rounding
+            vit.blocks[3].norm1(block_input).float(),
+            torch.nn.functional.layer_norm(block_input.float(), (384,), vit.blocks[3].norm1.weight.float(), vit.blocks[3].norm1.bias.float()),
+            atol=0.05, rtol=0.02,
+        )
     assert engine.core.labeller.centroids.dtype == torch.float32
     with torch.inference_mode():
         assert engine_module(deployment, "bf16", "keys", "cpu")(torch.from_numpy(frames))[0].dtype == torch.float32

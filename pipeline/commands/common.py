@@ -41,8 +41,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
-        help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); LayerNorm and labelling stay "
-        "fp32; check reduced-precision engines with `bonestream export` first",
+        help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); labelling stays fp32, "
+        "LayerNorm computes in fp32 for fp16; check reduced-precision engines with `bonestream export` first",
     )
 
 

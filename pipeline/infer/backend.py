@@ -69,7 +69,7 @@ def compile_engine(module: nn.Module) -> Compute:
 class TorchBackend(StagedBackend):
     """PyTorch on CPU or CUDA, ``mode`` eager or compile (torch.compile, inductor); on CUDA either is captured
     into a CUDA graph at the static batch size when built. Reduced precision casts the ViT once, at build
-    (LayerNorm and labelling stay fp32)."""
+    (labelling stays fp32; LayerNorm computes in fp32 for fp16)."""
 
     deployment: Deployment
     device: str = "cpu"

@@ -3,8 +3,9 @@
 The core (float32 pixels -> outputs) is exported with static shapes and compiled whole into one engine
 (``require_full_compilation``); a graph TensorRT cannot take entirely is refused with the ops that would have run
 in torch, never run as a hybrid under the TensorRT label. The engine is strongly typed (``use_explicit_typing``,
-the 2.11 default): the ViT in the requested precision, LayerNorm and labelling in fp32 exactly as the graph's casts
-say, so TensorRT cannot pick fp16 LayerNorm kernels that overflow; ``enabled_precisions`` is therefore left unset
+the 2.11 default): the ViT in the requested precision, LayerNorm in fp32 for fp16 (bf16 in a bf16 engine: no
+overflow in fp32's exponent range) and labelling in fp32 exactly as the graph's casts say, so TensorRT cannot pick
+fp16 LayerNorm kernels that overflow; ``enabled_precisions`` is therefore left unset
 (2.11 asserts it is only fp32 under explicit typing). ``disable_tf32`` keeps every fp32 layer (the whole fp32
 ViT, and LayerNorm and the distances of reduced-precision engines) in true fp32. (torch leaves cuDNN's TF32 on for
 convolutions by default: the torch backend's patch embedding may run in TF32 on Ampere and later.)
