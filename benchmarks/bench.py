@@ -36,7 +36,7 @@ from pipeline.commands.common import weights_for
 from models.errors import BonestreamError
 from models.loader import load_model
 from models.preprocess import Geometry, detect_roi
-from models.resampling import DEFAULT_RESAMPLING
+from models.resampling import DEFAULT_RESAMPLING, device_resampling
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.choices import BACKENDS
@@ -68,6 +68,7 @@ class BenchSettings:
     input_size: tuple[int, int] | None = (224, 224)  # None: the clip's own geometry (short side 224, aspect kept)
     stride: int = 8
     resampling: str = DEFAULT_RESAMPLING  # host (PIL/OpenCV) or device (bilinear-aa, bicubic-aa) resampling
+    sdpa: str = "auto"  # attention kernel of the torch backends (pipeline.choices.SDPA_BACKENDS)
     weights: str = "random:0"
     reference: str | None = None  # a reference file; None calibrates on calibration_frames of the clip
     calibration_frames: int = 4
@@ -86,7 +87,7 @@ class BenchSettings:
             return cls(device=device)
         return cls(
             device=device, backends=BACKENDS, precisions=tuple(DTYPES), batches=(1, 8, 32), frames=1000, warmup=10,
-            turn=250, baseline_frames=100, streams=16,
+            turn=250, baseline_frames=100, streams=16, resampling=device_resampling(device),
         )
 
 
@@ -125,7 +126,7 @@ def build_run(bench: Bench, config: Config) -> Run:
     s = bench.settings
     before = memory_in_use_mb(s.device)
     start = time.perf_counter()
-    backend = make_backend(BackendSpec(config.backend, s.device, config.precision, config.batch), bench.deployment, bench.cache)
+    backend = make_backend(BackendSpec(config.backend, s.device, config.precision, config.batch, sdpa=s.sdpa), bench.deployment, bench.cache)
     segmenter = BoneSegmenter(bench.reference, backend, bench.identity)
     warm_up(segmenter, bench.frames, config.batch, s.warmup)
     return Run(config, segmenter, time.perf_counter() - start, memory_in_use_mb(s.device) - before)

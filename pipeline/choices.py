@@ -8,6 +8,7 @@ BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt", "tensorr
 BACKEND_CHOICES = ("auto", *BACKENDS)
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # attention kernels of the torch backends; auto: torch's
 REFINEMENTS = ("grabcut",)
 TRUTH_KINDS = ("auto", "surface", "region")
 THIN_HALF_WIDTH = 5  # px: a mask with no pixel farther than this from its background is a curve, not a region

@@ -187,3 +187,28 @@ def test_benchmark_writes_json_as_it_goes_and_skips_a_failing_row(tmp_path: Path
     assert not saved["meta"]["partial"] and [r["batch"] for r in saved["runs"]] == [1]
     assert saved["runs"][0]["frames"] == 4 and saved["runs"][0]["throughput_fps"] > 0
     assert saved["skipped"] == [{"config": "torch fp32 b2", "reason": "RuntimeError: device lost"}]
+
+
+def test_attention_kernel_is_a_setting(deployment, frames) -> None:
+    """--sdpa forces one attention kernel (the GPU benchmark sweeps them); math matches torch's own choice here."""
+    auto = TorchBackend(deployment, batch=2)(frames)
+    mask, margin = make_backend(BackendSpec("torch", batch=2, sdpa="math"), deployment)(frames)
+    np.testing.assert_array_equal(mask, auto[0])
+    np.testing.assert_allclose(margin, auto[1], atol=1e-4)
+    with pytest.raises(ValueError, match="sdpa 'fast' is not one of"):
+        TorchBackend(deployment, sdpa="fast")
+
+
+def test_cuda_defaults_resample_on_the_device_unless_chosen() -> None:
+    """On CUDA calibrate and bench resample on the device when no resampling is named (no host Lanczos per frame);
+    the CPU keeps the host default, and a named one is kept everywhere."""
+    from argparse import Namespace
+
+    from models.resampling import DEFAULT_RESAMPLING
+    from pipeline.commands.calibrate import geometry_from
+
+    assert geometry_from(Namespace(device="cuda:1", resampling=None)).resampling == "bilinear-aa"
+    assert geometry_from(Namespace(device="cuda", resampling="area")).resampling == "area"
+    assert geometry_from(Namespace(device="cpu", resampling=None)).resampling == DEFAULT_RESAMPLING
+    assert bench.BenchSettings.for_device("cuda").resampling == "bilinear-aa"
+    assert bench.BenchSettings.for_device("cpu").resampling == DEFAULT_RESAMPLING

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Sequence
 
-from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS
+from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS, SDPA_BACKENDS
 from pipeline.commands.numbers import COUNT, POSITIVE_INT
 
 if TYPE_CHECKING:
@@ -43,6 +43,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--precision", choices=PRECISIONS, default="fp32",
         help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); labelling stays fp32, "
         "LayerNorm computes in fp32 for fp16; check reduced-precision engines with `bonestream export` first",
+    )
+    p.add_argument(
+        "--sdpa", choices=SDPA_BACKENDS, default="auto",
+        help="attention kernel of the torch backends: auto (torch's choice, default), or cudnn, flash, efficient, math "
+        "forced (a kernel that cannot run here fails at build); for A/B measurements on a GPU",
     )
 
 
@@ -109,7 +114,7 @@ def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmen
 
     seg = BoneSegmenter.create(
         reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
-        batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress,
+        batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress, sdpa=args.sdpa,
     )
     print(seg.selection.describe())
     return seg

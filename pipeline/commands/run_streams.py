@@ -89,7 +89,7 @@ def run_streams(args: argparse.Namespace) -> int:
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
         announce_weights(identity.label)
-        spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size)
+        spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size, sdpa=args.sdpa)
         engines: dict[str, StaticBatches] = {}
         for path, ref in refs.items():
             engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from models.errors import BonestreamError
 from pipeline.infer.deployment import Deployment
+from models.placement import sdpa_context
 from pipeline.infer.graph import check_precision, engine_module
 from pipeline.infer.staging import Compute, StagedBackend, Staging, ready
 
@@ -65,6 +66,17 @@ def compile_engine(module: nn.Module) -> Compute:
     return torch.compile(module, fullgraph=True, dynamic=False)
 
 
+def forcing_sdpa(compute: Compute, name: str) -> Compute:
+    """``compute`` with the attention kernel ``name`` forced (on CUDA that is what the graph captures)."""
+    sdpa_context(name)  # a bad name fails here
+
+    def run(planes: torch.Tensor) -> Sequence[torch.Tensor]:
+        with sdpa_context(name):
+            return compute(planes)
+
+    return compute if name == "auto" else run
+
+
 @dataclass
 class TorchBackend(StagedBackend):
     """PyTorch on CPU or CUDA, ``mode`` eager or compile (torch.compile, inductor); on CUDA either is captured
@@ -77,6 +89,7 @@ class TorchBackend(StagedBackend):
     batch: int = 1
     mode: str = "eager"
     outputs: str = "fused"
+    sdpa: str = "auto"  # pipeline.choices.SDPA_BACKENDS: torch's choice, or one attention kernel forced
     name: str = field(init=False)
     last_timings_ms: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -86,6 +99,6 @@ class TorchBackend(StagedBackend):
             raise ValueError(f"torch mode {self.mode!r} is not eager or compile")
         self.name = "torch" if self.mode == "eager" else "torch-compile"
         module = engine_module(self.deployment, self.precision, self.outputs, self.device)
-        compute: Compute = compile_engine(module) if self.mode == "compile" else module
+        compute = forcing_sdpa(compile_engine(module) if self.mode == "compile" else module, self.sdpa)
         self.staging = Staging(self.device, self.deployment.plane_shape(self.batch))
         self.compute = ready(compute, self.staging.input)

@@ -39,6 +39,7 @@ class BackendSpec:
     precision: str = "fp32"
     batch: int = 1
     outputs: str = "fused"  # or "keys" (for the parity gate)
+    sdpa: str = "auto"  # attention kernel of the torch backends (pipeline.choices.SDPA_BACKENDS)
 
 
 def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None) -> Backend:
@@ -50,7 +51,7 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
     if name in ("torch", "torch-compile"):
         if torch.device(device).type != "cpu":
             require_cuda(name, device)
-        return TorchBackend(deployment, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs)
+        return TorchBackend(deployment, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs, sdpa=spec.sdpa)
     if name in ("onnxruntime", "onnxruntime-trt"):
         return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
     if name == "tensorrt":

@@ -109,16 +109,17 @@ class BoneSegmenter:
         cache: EngineCache | None = None,
         allow_download: bool = True,
         progress: bool = True,
+        sdpa: str = "auto",
     ) -> "BoneSegmenter":
         """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
         every fallback reported in ``selection``); ``batch`` is the engines' static batch size; ``refine="grabcut"``
-        refines each mask on the host (pipeline.segment.refine). ``weights`` None: the weights the reference records
+        refines each mask on the host (pipeline.segment.refine); ``sdpa`` forces an attention kernel (torch backends). ``weights`` None: the weights the reference records
         (Reference.weights_spec); others are refused unless they are the same. Everything is built, warmed up and (on CUDA)
         captured here, before any frame."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         spec = ref.weights_spec() if weights is None else weights  # the reference's own weights unless others are named
         model, identity = load_model(spec, allow_download=allow_download, progress=progress)
-        return cls.from_model(ref, model, identity, BackendSpec(backend, device, precision, batch), refine=refine, cache=cache)
+        return cls.from_model(ref, model, identity, BackendSpec(backend, device, precision, batch, sdpa=sdpa), refine=refine, cache=cache)
 
     @classmethod
     def from_model(
