@@ -148,7 +148,7 @@ class BoneSegmenter:
         planes, gray = self._host_inputs(frames, names, overlay)
         prepare_ms = (time.perf_counter() - start) * 1e3 / max(1, len(planes))
         out: list[Prediction] = []
-        with torch.inference_mode(), device_guard(self.device):
+        with torch.inference_mode(), self.backend.staging.active():  # the engine's own stream, as its calls use
             for first in range(0, len(planes), self.batch):
                 chunk = slice(first, first + self.batch)
                 out += self._run(planes[chunk], None if gray is None else gray[chunk], overlay, tensors)
