@@ -170,3 +170,50 @@ def test_export_command_builds_and_gates(reference, cache, tmp_path: Path, capsy
     assert "REFUSED" in capsys.readouterr().out
     assert main(["export", "phantom:2", *args[2:]]) == 2
     assert "calibration frames are not in the sources" in capsys.readouterr().err
+
+
+def test_run_gate_uses_the_recorded_verdict_or_checks_on_the_calibration_frames(deployment, cache, frames, reference) -> None:
+    """fp16/bf16 engines label no frame before passing the parity gate: a recorded refusal stops them with the figures,
+    a recorded pass lets them run, neither and no frames is 'unchecked'; with frames the check runs and is recorded."""
+    from pipeline.infer.gate import ParityRefused, ParityUnchecked, gate
+    from pipeline.infer.parity import ParityResult, recorded_verdict
+
+    assert gate(TorchBackend(deployment, batch=BATCH), deployment, cache, None, reference.calibration_labels) is None  # fp32
+    bf16 = TorchBackend(deployment, precision="bf16", batch=BATCH)
+    fresh = EngineCache(cache.root / "fresh")
+    with pytest.raises(ParityUnchecked, match="--calibration-sources"):
+        gate(bf16, deployment, fresh, None, reference.calibration_labels)
+    record_verdict(fresh, deployment, bf16, ParityResult("torch", "bf16", 3, 0.5, 0.4, 0.3))
+    with pytest.raises(ParityRefused, match=r"torch bf16: parity REFUSED on 3 calibration frames: key cosine 0.5000"):
+        gate(bf16, deployment, fresh, None, reference.calibration_labels)
+    record_verdict(fresh, deployment, bf16, ParityResult("torch", "bf16", 3, 0.999, 1.0, 1.0))
+    assert gate(bf16, deployment, fresh, None, reference.calibration_labels).passed
+    checked = EngineCache(cache.root / "checked")
+    try:
+        result = gate(bf16, deployment, checked, frames, reference.calibration_labels)
+        assert result.passed and result.frames == len(reference.frames)
+    except ParityRefused:
+        pass  # random weights in bf16 may differ: refused with the figures is the gate working too
+    assert recorded_verdict(checked, deployment, bf16) is not None
+
+
+def test_default_cuda_precision_falls_back_to_fp32_when_unchecked(deployment, reference, tmp_path: Path, capsys) -> None:
+    """bf16 is CUDA's default only once it has passed the gate; asked for explicitly, unchecked is an error. (The
+    engines are CPU ones here: the logic is the device's name, the gate is the same.)"""
+    from argparse import Namespace
+
+    from pipeline.commands.common import gated
+    from pipeline.infer.gate import ParityUnchecked
+
+    asked = []
+
+    def build(precision: str) -> list[TorchBackend]:
+        asked.append(precision)
+        return [TorchBackend(deployment, precision=precision)]
+
+    cache_dir = str(tmp_path / "engines")
+    assert gated(Namespace(precision=None, device="cuda", calibration_sources=None, cache_dir=cache_dir), reference, build) == "fp32"
+    assert asked == ["bf16", "fp32"] and "running fp32 instead" in capsys.readouterr().out
+    with pytest.raises(ParityUnchecked):
+        gated(Namespace(precision="bf16", device="cuda", calibration_sources=None, cache_dir=cache_dir), reference, build)
+    assert gated(Namespace(precision=None, device="cpu", calibration_sources=None, cache_dir=cache_dir), reference, build) == "fp32"

@@ -7,15 +7,16 @@ loads no torch, OpenCV or faiss); what runs the model is imported inside the fun
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS, SDPA_BACKENDS
+from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS, SDPA_BACKENDS, default_precision
 from pipeline.commands.numbers import COUNT, POSITIVE_INT
 
 if TYPE_CHECKING:
     from calibration.reference import Reference
     from pipeline.capture.frame import Source
     from pipeline.capture.ranges import FrameRange
+    from pipeline.infer.backend import Backend
     from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
@@ -40,8 +41,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "fastest and reports each fallback with its reason",
     )
     p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
-        help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); labelling stays fp32, "
+        "--precision", choices=PRECISIONS, default=None,
+        help="ViT precision (default fp32 on the CPU, bf16 on CUDA): fp32 (TF32 matrix products on CUDA), fp16, bf16, or int8 linear layers (onnxruntime on the CPU); labelling stays fp32, "
         "LayerNorm computes in fp32 for fp16; check reduced-precision engines with `bonestream export` first",
     )
     p.add_argument(
@@ -79,6 +80,7 @@ def add_range_arguments(p: argparse.ArgumentParser) -> None:
 
 def frame_range(args: argparse.Namespace) -> FrameRange:
     from pipeline.capture.ranges import FrameRange
+    from pipeline.infer.backend import Backend
 
     return FrameRange(args.start, args.stop, args.max_frames)
 
@@ -108,14 +110,62 @@ def fit_reference(reference: Reference, sources: Sequence[Source]) -> Reference:
     return reference.at_frame_size(sizes.popitem()[1], "source") if sizes else reference
 
 
+def precision_for(args: argparse.Namespace) -> str:
+    """The precision asked for, or the device's default (pipeline.choices.default_precision)."""
+    return args.precision or default_precision(args.device)
+
+
+def add_gate_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration-sources", nargs="+", default=None, metavar="SOURCE",
+        help="the sources the reference was calibrated on: an fp16/bf16 engine is checked on its calibration frames "
+        "(the parity gate of `bonestream export`) before the first frame, unless a verdict is recorded already",
+    )
+
+
+def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str], list[Backend]]) -> str:
+    """The precision to run in, its engines built by ``build(precision)`` and passed through the parity gate before
+    any frame: a refused engine stops the run (one line with the figures); an unchecked one stops it when the
+    precision was asked for, and falls back to fp32 when it was only the CUDA default."""
+    from pipeline.commands.export import calibration_frames
+    from pipeline.infer.cache import EngineCache
+    from pipeline.infer.gate import GATED_PRECISIONS, ParityUnchecked, gate
+
+    precision = precision_for(args)
+    backends = build(precision)
+    sources = getattr(args, "calibration_sources", None)
+    frames = calibration_frames(sources, reference) if sources and any(b.precision in GATED_PRECISIONS for b in backends) else None
+    try:
+        for backend in backends:
+            cache = EngineCache(getattr(args, "cache_dir", None))
+            if (result := gate(backend, backend.deployment, cache, frames, reference.calibration_labels)) is not None:
+                print(result.describe())
+    except ParityUnchecked as exc:
+        if args.precision is not None:
+            raise
+        print(f"{exc}; running fp32 instead (the CUDA default bf16 runs once it has passed)")
+        build("fp32")
+        return "fp32"
+    return precision
+
+
 def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmenter:
-    """The segmenter the options ask for; prints the backend choice and every fallback."""
+    """The segmenter the options ask for, behind the parity gate (``gated``); prints the backend choice and every
+    fallback."""
+    from models.loader import load_model
+    from pipeline.infer.select import BackendSpec
     from pipeline.segment.segmenter import BoneSegmenter
 
-    seg = BoneSegmenter.create(
-        reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
-        batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress, sdpa=args.sdpa,
-    )
+    model, identity = load_model(weights_for(reference, args.weights), progress=args.progress)
+    built: list[BoneSegmenter] = []
+
+    def build(precision: str) -> list[Backend]:
+        spec = BackendSpec(args.backend, args.device, precision, getattr(args, "batch_size", 1), sdpa=args.sdpa)
+        built.append(BoneSegmenter.from_model(reference, model, identity, spec, refine=getattr(args, "refine", None)))
+        return [built[-1].backend]
+
+    gated(args, reference, build)
+    seg = built[-1]
     print(seg.selection.describe())
     return seg
 

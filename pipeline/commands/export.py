@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from models.errors import BonestreamError
-from pipeline.commands.common import add_model_arguments, announce_weights, weights_for
+from pipeline.commands.common import add_model_arguments, announce_weights, precision_for, weights_for
 from pipeline.commands.numbers import POSITIVE_INT, number
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]] if args.backend == "auto" else [args.backend]
     refused = built = 0
     for name in names:
-        spec = BackendSpec(name, args.device, args.precision, args.batch_size)
+        spec = BackendSpec(name, args.device, precision_for(args), args.batch_size, sdpa=args.sdpa)
         try:
             engine = make_backend(spec, deployment, cache)
             keys = make_backend(replace(spec, outputs="keys"), deployment, cache)
