@@ -35,6 +35,7 @@ from benchmarks.targets import check_multistream_targets  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from pipeline.capture.frame import Frame, Source  # noqa: E402
 from pipeline.capture.live import LiveReplay  # noqa: E402
+from pipeline.choices import default_precision  # noqa: E402
 from pipeline.commands.numbers import BATCH_DELAY_MS, FPS, POSITIVE, POSITIVE_INT, input_size, listed  # noqa: E402
 from pipeline.infer.select import BackendSpec  # noqa: E402
 from pipeline.latency import STAGES, latency_report  # noqa: E402
@@ -67,7 +68,7 @@ class MultistreamSettings:
     def for_device(cls, device: str) -> "MultistreamSettings":
         if torch.device(device).type == "cpu":
             return cls(device=device)
-        return cls(device=device, streams=(1, 8, 16, 32), fps=30.0, seconds=20.0, input_size=(224, 224), precision="fp16")
+        return cls(device=device, streams=(1, 8, 16, 32), fps=30.0, seconds=20.0, input_size=(224, 224), precision=default_precision(device))
 
 
 class ClipStream(Source):
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=POSITIVE, default=None, help="per stream count (default cpu 12, cuda 20)")
     p.add_argument("--input-size", type=input_size, default=None, help="model input HxW (default cpu 64x80, cuda 224x224)")
     p.add_argument("--backend", default=None, help="engine backend (default torch)")
-    p.add_argument("--precision", default=None, help="ViT precision (default cpu fp32, cuda fp16)")
+    p.add_argument("--precision", default=None, help="ViT precision (default cpu fp32, cuda bf16; not gated: latency only)")
     p.add_argument("--max-batch-delay", type=BATCH_DELAY_MS, default=None, metavar="MS", help="batching deadline (default 2 ms)")
     p.add_argument("--weights", default=None, help="weights (default random:0: latency needs no trained weights)")
     p.add_argument("--out", type=Path, default=Path("."), help="results folder (default: the current folder)")

@@ -212,3 +212,16 @@ def test_cuda_defaults_resample_on_the_device_unless_chosen() -> None:
     assert geometry_from(Namespace(device="cpu", resampling=None)).resampling == DEFAULT_RESAMPLING
     assert bench.BenchSettings.for_device("cuda").resampling == "bilinear-aa"
     assert bench.BenchSettings.for_device("cpu").resampling == DEFAULT_RESAMPLING
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_engines_run_on_their_own_stream_with_tf32(deployment, frames) -> None:
+    backend = TorchBackend(deployment, "cuda", batch=2)
+    stream = backend.staging.stream
+    assert stream is not None and stream != torch.cuda.default_stream()
+    with backend.staging.active():
+        assert torch.cuda.current_stream() == stream
+    matmul = torch.backends.cuda.matmul
+    assert getattr(matmul, "fp32_precision", None) == "tf32" or matmul.allow_tf32  # set at build, in one place
+    mask, _ = backend(frames)
+    assert np.mean(mask == TorchBackend(deployment, batch=2)(frames)[0]) >= 0.99

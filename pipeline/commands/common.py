@@ -80,7 +80,6 @@ def add_range_arguments(p: argparse.ArgumentParser) -> None:
 
 def frame_range(args: argparse.Namespace) -> FrameRange:
     from pipeline.capture.ranges import FrameRange
-    from pipeline.infer.backend import Backend
 
     return FrameRange(args.start, args.stop, args.max_frames)
 
@@ -117,8 +116,8 @@ def precision_for(args: argparse.Namespace) -> str:
 
 def add_gate_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--calibration-sources", nargs="+", default=None, metavar="SOURCE",
-        help="the sources the reference was calibrated on: an fp16/bf16 engine is checked on its calibration frames "
+        "--calibration-sources", action="append", default=None, metavar="SOURCE",
+        help="a source the reference was calibrated on (repeat for several): an fp16/bf16 engine is checked on its calibration frames "
         "(the parity gate of `bonestream export`) before the first frame, unless a verdict is recorded already",
     )
 

@@ -61,8 +61,9 @@ def compile_engine(module: nn.Module) -> Compute:
     config = torch._dynamo.config
     with _compile_lock:
         engines = next(_compiled)
-        for name in ("recompile_limit", "accumulated_recompile_limit"):  # both named so on torch 2.11 and 2.13
-            setattr(config, name, max(getattr(config, name), engines + 8))
+        for name in ("recompile_limit", "accumulated_recompile_limit"):  # named so since torch 2.6
+            if hasattr(config, name):
+                setattr(config, name, max(getattr(config, name), engines + 8))
     return torch.compile(module, fullgraph=True, dynamic=False)
 
 
