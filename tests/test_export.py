@@ -217,3 +217,21 @@ def test_default_cuda_precision_falls_back_to_fp32_when_unchecked(deployment, re
     with pytest.raises(ParityUnchecked):
         gated(Namespace(precision="bf16", device="cuda", calibration_sources=None, cache_dir=cache_dir), reference, build)
     assert gated(Namespace(precision=None, device="cpu", calibration_sources=None, cache_dir=cache_dir), reference, build) == "fp32"
+
+
+def test_segment_in_bf16_passes_the_gate_before_its_first_frame(reference, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Unchecked bf16 asked for explicitly stops before any frame, in one line; with the calibration sources it is
+    checked (verdict printed with its figures and recorded) and then labels, or is refused with the figures."""
+    monkeypatch.setenv("BONESTREAM_CACHE", str(tmp_path / "cache"))
+    ref_path = tmp_path / "ref.json"
+    reference.save(ref_path)
+    args = ["segment", "phantom:2", "--reference", str(ref_path), "--weights", "random:0", "--precision", "bf16", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "unchecked")]) == 2
+    assert "has not passed the parity gate" in capsys.readouterr().err
+    assert not (tmp_path / "unchecked" / "masks").exists()
+    code = main([*args, "--out", str(tmp_path / "checked"), "--calibration-sources", PHANTOM])
+    out, err = capsys.readouterr()
+    if code == 0:
+        assert "torch bf16: parity passed on 3 calibration frames" in out
+    else:  # random weights in bf16 may differ: refused with the figures is the gate working too
+        assert code == 2 and "torch bf16: parity REFUSED" in err
