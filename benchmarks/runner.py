@@ -2,7 +2,7 @@
 
 Stages follow a frame from memory to a message received by a subscriber, through the product's own code: prepare
 (the host's uint8 plane), host-to-device, model + labelling, mask + overlay, device-to-host (``BoneSegmenter.predict``;
-CUDA events on the GPU), encode (overlay JPEG once, mask to the host, the message: ``encode_prediction`` and
+CUDA events on the GPU), encode (overlay JPEG once, mask to the host, the message: ``encode_predictions`` and
 ``MessageFactory``) and publish (sent on a real ZeroMQ PUB socket on loopback, with a subscriber draining it);
 end to end spans them all. Decode is timed separately, as Holoscan does. Configurations take turns (``turn``
 frames each) so that load from other processes falls on all of them alike.
@@ -23,7 +23,7 @@ import zmq
 
 from benchmarks.frames import FrameSet
 from pipeline.capture.frame import Frame
-from pipeline.publish.encode import encode_prediction, warm_encoder
+from pipeline.publish.encode import encode_predictions, warm_encoder
 from pipeline.publish.message import MessageError, decode_header
 from pipeline.publish.outputs import MessageFactory
 from pipeline.publish.publisher import Publisher
@@ -103,9 +103,10 @@ def publish_batch(segmenter: BoneSegmenter, frames: list[Frame], wire: Wire, mak
     t1 = time.perf_counter()
     inferred = time.monotonic_ns()
     results = []
-    for frame, prediction in zip(frames, predictions):
+    jpegs = encode_predictions(predictions, jpeg=overlay, raw_overlay=False)  # the batch's overlays in one call
+    for frame, prediction, jpeg in zip(frames, predictions, jpegs):
         result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred})
-        result.overlay_jpeg = encode_prediction(prediction, jpeg=overlay, raw_overlay=False)
+        result.overlay_jpeg = jpeg
         result.stamps["labelled"] = time.monotonic_ns()
         result.message = make(result)
         results.append(result)

@@ -25,7 +25,7 @@ from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import engine_module, model_input
 from pipeline.infer.select import BackendSpec, make_backend
-from pipeline.publish.encode import encode_jpeg, encode_jpegs, encode_prediction, warm_encoder
+from pipeline.publish.encode import encode_jpeg, encode_jpegs, encode_prediction, encode_predictions, warm_encoder
 from pipeline.publish.message import FrameMessage, decode
 from pipeline.run import Pipeline, Result, RunConfig
 from pipeline.segment.render import BONE_RGB, build_renderer, overlay_table
@@ -297,6 +297,11 @@ def test_jpegs_encode_in_one_call(device_segmenter) -> None:
     for image, jpeg in zip(images, encode_jpegs(images)):
         assert np.abs(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int) - image).max() <= 2
     warm_encoder(device_segmenter.device, (60, 70))  # nothing to create off CUDA
+    frames = [np.full((60, 70), v, np.uint8) for v in (40, 160)]
+    together = device_segmenter.predict(frames, overlay=True, tensors=True)
+    alone = [device_segmenter.predict([f], overlay=True, tensors=True)[0] for f in frames]
+    assert encode_predictions(together, jpeg=True, raw_overlay=False) == [encode_prediction(p, jpeg=True, raw_overlay=False) for p in alone]
+    assert all(isinstance(p.mask, np.ndarray) and p.overlay is None for p in together)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

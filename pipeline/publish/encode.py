@@ -93,17 +93,28 @@ def warm_encoder(device: torch.device, size: tuple[int, int]) -> None:
         encode_jpeg(torch.zeros((*size, 3), dtype=torch.uint8, device=device))
 
 
+def encode_predictions(predictions: Sequence[Prediction], *, jpeg: bool, raw_overlay: bool) -> list[bytes | None]:
+    """Make ``predictions`` ready for outputs, in place: their arrays on the host (only the overlays' JPEGs cross when
+    that is all outputs need), their overlays encoded once when ``jpeg``, in one call for predictions made together
+    (on CUDA one batched nvJPEG call). Returns the JPEGs (None where there is no overlay or no ``jpeg``)."""
+    ready = predictions[-1].ready if predictions else None  # the last one's event: later on the same stream
+    if ready is not None:  # made on the inference thread's stream, read on this one's
+        ready.synchronize()
+    overlays = [p.overlay for p in predictions if p.overlay is not None] if jpeg else []
+    encoded = iter(encode_jpegs(overlays, ready=ready) if overlays else [])
+    out = []
+    for prediction in predictions:
+        overlay = prediction.overlay
+        out.append(next(encoded) if jpeg and overlay is not None else None)
+        if isinstance(prediction.mask, torch.Tensor):
+            prediction.patch_mask, prediction.margin, prediction.mask = (t.cpu().numpy() for t in (prediction.patch_mask, prediction.margin, prediction.mask))
+        if isinstance(overlay, torch.Tensor) and raw_overlay:
+            prediction.overlay = overlay.cpu().numpy()
+        elif not raw_overlay:
+            prediction.overlay = None
+    return out
+
+
 def encode_prediction(prediction: Prediction, *, jpeg: bool, raw_overlay: bool) -> bytes | None:
-    """Make ``prediction`` ready for outputs, in place: its arrays on the host (only the overlay's JPEG crosses when
-    that is all outputs need), its overlay encoded once when ``jpeg``. Returns the JPEG, or None."""
-    overlay = prediction.overlay
-    if prediction.ready is not None:  # made on the inference thread's stream, read on this one's
-        prediction.ready.synchronize()
-    encoded = encode_jpeg(overlay, ready=prediction.ready) if jpeg and overlay is not None else None
-    if isinstance(prediction.mask, torch.Tensor):
-        prediction.patch_mask, prediction.margin, prediction.mask = (t.cpu().numpy() for t in (prediction.patch_mask, prediction.margin, prediction.mask))
-    if isinstance(overlay, torch.Tensor) and raw_overlay:
-        prediction.overlay = overlay.cpu().numpy()
-    elif not raw_overlay:
-        prediction.overlay = None
-    return encoded
+    """``encode_predictions`` of one: what the pipeline's encode stage does per frame."""
+    return encode_predictions([prediction], jpeg=jpeg, raw_overlay=raw_overlay)[0]
