@@ -124,7 +124,7 @@ def benchmark(s: MultistreamSettings, progress: bool = True, out: Path | None = 
     and a row that fails is reported in ``skipped`` while the others run."""
     frames = load_frames(s.frames, default_clip())
     model, identity = load_model(s.weights, progress=False)
-    ref = calibrated_reference(BenchSettings(device=s.device, input_size=s.input_size), frames, model, identity)
+    ref = calibrated_reference(replace(BenchSettings.for_device(s.device), input_size=s.input_size), frames, model, identity)  # its resampling: the device default
     engines = build_static_batches(model, identity, ref, BackendSpec(s.backend, s.device, s.precision, max(s.streams)))
     info = device_info(s.device)
     rows: list[dict[str, Any]] = []
