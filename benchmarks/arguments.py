@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from models.resampling import DEFAULT_RESAMPLING, RESAMPLING
-from pipeline.choices import BACKENDS
+from pipeline.choices import BACKENDS, SDPA_BACKENDS
 from pipeline.commands.numbers import COUNT, FPS, POSITIVE, POSITIVE_INT, input_size
 
 SHARED_CLIP = Path("shared", "data", "ultrabones100k", "sweep_clip_frames150-889_20fps.mp4")  # beside the repository
@@ -35,7 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=COUNT, help="warm-up batches per configuration (GPU 10, CPU 1)")
     p.add_argument("--turn", type=POSITIVE_INT, help="frames per configuration per turn (configurations alternate)")
     p.add_argument("--input-size", type=_input_size, help="model input HxW (default 224x224), or 'clip' for the clip's own geometry")
-    p.add_argument("--resampling", choices=RESAMPLING, help=f"{DEFAULT_RESAMPLING} (host, default) or a device resampling such as bilinear-aa")
+    p.add_argument(
+        "--resampling", choices=RESAMPLING,
+        help=f"default {DEFAULT_RESAMPLING} on the CPU (host), bilinear-aa on CUDA (on the device: no host resize per frame)",
+    )
+    p.add_argument("--sdpa", choices=SDPA_BACKENDS, help="attention kernel of the torch backends (default auto: torch's choice)")
     p.add_argument("--stride", type=int, choices=(8, 4))
     p.add_argument("--weights", help="weights spec (default random:0: latency only, every output says RANDOM WEIGHTS)")
     p.add_argument("--reference", help="reference file to use instead of calibrating on the clip")

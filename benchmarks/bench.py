@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from pipeline.commands.common import weights_for
 from models.errors import BonestreamError
 from models.loader import load_model
 from models.preprocess import Geometry, detect_roi
-from models.resampling import DEFAULT_RESAMPLING
+from models.resampling import DEFAULT_RESAMPLING, device_resampling
 from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.commands.paths import check_output_dir
@@ -45,6 +45,7 @@ from pipeline.infer.cache import EngineCache, library_versions
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import DTYPES
 from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend, precision_candidates, runs_at
+from pipeline.publish.files import write_json_atomic
 from pipeline.publish.outputs import MessageFactory
 from pipeline.segment.segmenter import BoneSegmenter
 from pipeline.stats import summarize
@@ -66,6 +67,7 @@ class BenchSettings:
     input_size: tuple[int, int] | None = (224, 224)  # None: the clip's own geometry (short side 224, aspect kept)
     stride: int = 8
     resampling: str = DEFAULT_RESAMPLING  # host (PIL/OpenCV) or device (bilinear-aa, bicubic-aa) resampling
+    sdpa: str = "auto"  # attention kernel of the torch backends (pipeline.choices.SDPA_BACKENDS)
     weights: str = "random:0"
     reference: str | None = None  # a reference file; None calibrates on calibration_frames of the clip
     calibration_frames: int = 4
@@ -84,7 +86,7 @@ class BenchSettings:
             return cls(device=device, precisions=tuple(precision_candidates(device)[0]))
         return cls(
             device=device, backends=CANDIDATES["cuda"], precisions=tuple(DTYPES), batches=(1, 8, 32), frames=1000, warmup=10,
-            turn=250, baseline_frames=100, streams=16,
+            turn=250, baseline_frames=100, streams=16, resampling=device_resampling(device),
         )
 
 
@@ -123,7 +125,7 @@ def build_run(bench: Bench, config: Config) -> Run:
     s = bench.settings
     before = memory_in_use_mb(s.device)
     start = time.perf_counter()
-    backend = make_backend(BackendSpec(config.backend, s.device, config.precision, config.batch), bench.deployment, bench.cache)
+    backend = make_backend(BackendSpec(config.backend, s.device, config.precision, config.batch, sdpa=s.sdpa), bench.deployment, bench.cache)
     segmenter = BoneSegmenter(bench.reference, backend, bench.identity)
     warm_up(segmenter, bench.frames, config.batch, s.warmup)
     return Run(config, segmenter, time.perf_counter() - start, memory_in_use_mb(s.device) - before)
@@ -142,8 +144,7 @@ def build_runs(bench: Bench) -> list[Run]:
             runs.append(build_run(bench, config))
             print(f"  built {config.label} in {runs[-1].build_s:.1f} s", flush=True)
         except Exception as exc:  # a configuration that cannot run here is reported, the others still run
-            bench.skipped.append({"config": config.label, "reason": f"{type(exc).__name__}: {exc}"})
-            print(f"  skipped {config.label}: {bench.skipped[-1]['reason']}", flush=True)
+            skip(bench, config.label, exc)
     return runs
 
 
@@ -210,20 +211,36 @@ def stream_test(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any] | No
     return {"backend": config.backend, "precision": config.precision, "batch": config.batch, **result}
 
 
+def skip(bench: Bench, what: str, exc: Exception) -> None:
+    """A part that failed, reported on the console and in the results; the benchmark goes on without it."""
+    bench.skipped.append({"config": what, "reason": f"{type(exc).__name__}: {exc}"})
+    print(f"  skipped {what}: {bench.skipped[-1]['reason']}", flush=True)
+
+
+def guarded(bench: Bench, what: str, part: Callable[[], Any]) -> Any:
+    """``part()``, or None (and ``what`` skipped with its reason) when it raises."""
+    try:
+        return part()
+    except Exception as exc:  # one failing part must not lose the others' numbers
+        skip(bench, what, exc)
+        return None
+
+
+def result_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run that measured anything, compared with the first (torch fp32 batch 1 when it ran)."""
+    measured = [run for run in runs if run.stages["end_to_end"]]
+    return [summarize_run(run, measured[0]) for run in measured]
+
+
 def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
+    """The whole benchmark; ``<tag>.json`` is rewritten after every step (a cut-off run keeps what it measured)."""
     loadavg_start = [round(v, 2) for v in os.getloadavg()]
     info = device_info(s.device)
     print(f"preparing: {s.frames} frames per configuration, {s.warmup} warm-up batches on {describe_device(info)}", flush=True)
     bench = prepare(s)
-    runs = build_runs(bench)
+    json_path = s.out / f"{s.tag}.json"
+    runs = build_runs(bench)  # take_turns takes a configuration that fails out of it (it is in skipped)
     wire = Wire()
-    try:
-        take_turns(runs, bench.frames, s.frames, s.turn, wire, MessageFactory(runs[0].segmenter, "bench"))
-    finally:
-        wire.close()
-    baseline = original_cost(bench)
-    rows = [summarize_run(run, runs[0]) for run in runs]
-    add_ratios(rows, rows[0]["model_ms_per_frame"], baseline["model_ms"]["p50"] if baseline else None)
     doc: dict[str, Any] = {
         "meta": {
             "device": info,
@@ -239,17 +256,34 @@ def run_benchmark(s: BenchSettings) -> tuple[dict[str, Any], list[Path]]:
             "versions": library_versions(),
             "loadavg_start": loadavg_start,
             "settings": {f.name: str(getattr(s, f.name)) for f in fields(s)},
+            "partial": True,  # until the last step has run
         },
         "decode_ms": summarize(bench.frames.decode_ms),
-        "labelling_ms": labelling_cost(bench),
-        "host_work_ms": host_work(runs),
-        "wire": wire.counters(),
-        "runs": rows,
-        "baseline": baseline,
+        "runs": [],
         "skipped": bench.skipped,
     }
-    doc["streams"] = stream_test(bench, rows)
+
+    def save() -> None:
+        doc["runs"] = result_rows(runs)
+        doc["wire"] = wire.counters()
+        write_json_atomic(json_path, doc)
+
+    save()
+    try:
+        if runs:
+            take_turns(runs, bench.frames, s.frames, s.turn, wire, MessageFactory(runs[0].segmenter, "bench"), lambda run, exc: skip(bench, run.config.label, exc), save)
+    finally:
+        wire.close()
+    baseline = guarded(bench, "original method (stride 4)", lambda: original_cost(bench))
+    rows = result_rows(runs)
+    if rows:
+        add_ratios(rows, rows[0]["model_ms_per_frame"], baseline["model_ms"]["p50"] if baseline else None)
+    doc.update(labelling_ms=guarded(bench, "labelling alone", lambda: labelling_cost(bench)), host_work_ms=host_work(runs))
+    doc.update(wire=wire.counters(), runs=rows, baseline=baseline)
+    write_json_atomic(json_path, doc)
+    doc["streams"] = guarded(bench, f"{s.streams} paced streams", lambda: stream_test(bench, rows))
     doc["meta"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["meta"]["partial"] = False
     doc["memory"] = peak_memory_mb(s.device)
     doc["targets"] = check_targets(doc)
     return doc, write_results(doc, s.out, s.tag)

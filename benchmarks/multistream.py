@@ -35,6 +35,7 @@ from benchmarks.targets import check_multistream_targets  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from pipeline.capture.frame import Frame, Source  # noqa: E402
 from pipeline.capture.live import LiveReplay  # noqa: E402
+from pipeline.choices import default_precision  # noqa: E402
 from pipeline.commands.numbers import BATCH_DELAY_MS, FPS, POSITIVE, POSITIVE_INT, input_size, listed  # noqa: E402
 from pipeline.infer.select import BackendSpec  # noqa: E402
 from pipeline.latency import STAGES, latency_report  # noqa: E402
@@ -67,7 +68,7 @@ class MultistreamSettings:
     def for_device(cls, device: str) -> "MultistreamSettings":
         if torch.device(device).type == "cpu":
             return cls(device=device)
-        return cls(device=device, streams=(1, 8, 16, 32), fps=30.0, seconds=20.0, input_size=(224, 224), precision="fp16")
+        return cls(device=device, streams=(1, 8, 16, 32), fps=30.0, seconds=20.0, input_size=(224, 224), precision=default_precision(device))
 
 
 class ClipStream(Source):
@@ -118,19 +119,17 @@ def run_streams(engines: StaticBatches, frames: FrameSet, s: MultistreamSettings
     }
 
 
-def benchmark(s: MultistreamSettings, progress: bool = True) -> dict[str, Any]:
+def benchmark(s: MultistreamSettings, progress: bool = True, out: Path | None = None) -> dict[str, Any]:
+    """Every stream count in turn; ``out/multistream.json`` is rewritten after each row (``partial`` until the last),
+    and a row that fails is reported in ``skipped`` while the others run."""
     frames = load_frames(s.frames, default_clip())
     model, identity = load_model(s.weights, progress=False)
-    ref = calibrated_reference(BenchSettings(device=s.device, input_size=s.input_size), frames, model, identity)
+    ref = calibrated_reference(replace(BenchSettings.for_device(s.device), input_size=s.input_size), frames, model, identity)  # its resampling: the device default
     engines = build_static_batches(model, identity, ref, BackendSpec(s.backend, s.device, s.precision, max(s.streams)))
-    rows = []
-    for n in s.streams:
-        rows.append(run_streams(engines, frames, s, n))
-        if progress:
-            print(row_line(rows[-1]), flush=True)
     info = device_info(s.device)
+    rows: list[dict[str, Any]] = []
     doc: dict[str, Any] = {
-        "benchmark": "multistream", "settings": asdict(s), "rows": rows,
+        "benchmark": "multistream", "settings": asdict(s), "rows": rows, "skipped": [], "partial": True,
         "meta": {
             "device": info, "device_description": describe_device(info), "frames_source": frames.source,
             "frame_size": list(frames.images[0].shape[:2]), "static_batches": list(engines.sizes),
@@ -138,6 +137,18 @@ def benchmark(s: MultistreamSettings, progress: bool = True) -> dict[str, Any]:
             "weights": identity.to_dict(), "random_weights": identity.is_random, "recorded_at_unix": time.time(),
         },
     }
+    for n in s.streams:
+        try:
+            rows.append(run_streams(engines, frames, s, n))
+        except Exception as exc:  # one failing row must not lose the others
+            doc["skipped"].append({"streams": n, "reason": f"{type(exc).__name__}: {exc}"})
+            print(f"skipped {n} streams: {doc['skipped'][-1]['reason']}", flush=True)
+        else:
+            if progress:
+                print(row_line(rows[-1]), flush=True)
+        if out is not None:
+            write_json_atomic(out / "multistream.json", doc)
+    doc["partial"] = False
     if identity.is_random:
         doc["note"] = RANDOM_NOTE
     doc["targets"] = check_multistream_targets(doc)
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=POSITIVE, default=None, help="per stream count (default cpu 12, cuda 20)")
     p.add_argument("--input-size", type=input_size, default=None, help="model input HxW (default cpu 64x80, cuda 224x224)")
     p.add_argument("--backend", default=None, help="engine backend (default torch)")
-    p.add_argument("--precision", default=None, help="ViT precision (default cpu fp32, cuda fp16)")
+    p.add_argument("--precision", default=None, help="ViT precision (default cpu fp32, cuda bf16; not gated: latency only)")
     p.add_argument("--max-batch-delay", type=BATCH_DELAY_MS, default=None, metavar="MS", help="batching deadline (default 2 ms)")
     p.add_argument("--weights", default=None, help="weights (default random:0: latency needs no trained weights)")
     p.add_argument("--out", type=Path, default=Path("."), help="results folder (default: the current folder)")
@@ -222,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     s = replace(s, **{k: v for k, v in given.items() if v is not None})
     print(f"multistream: {', '.join(map(str, s.streams))} streams x {s.fps:g} fps, {s.seconds:g} s each, input {s.input_size[0]}x{s.input_size[1]} on {s.device}"
           + (f" ({clip.name})" if (clip := default_clip()) else " (phantom)"), flush=True)
-    doc = benchmark(s)
     args.out.mkdir(parents=True, exist_ok=True)
+    doc = benchmark(s, out=args.out)
     write_json_atomic(args.out / "multistream.json", doc)
     write_bytes_atomic(args.out / "multistream.md", markdown(doc).encode())
     plot(doc, args.out / "multistream.png")

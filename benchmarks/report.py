@@ -67,7 +67,7 @@ def summarize_run(run: Run, reference: Run | None) -> dict[str, Any]:
         "stages_ms": stages,
         "end_to_end_ms": list(run.stages["end_to_end"]),
         "model_ms_per_frame": stages["model_labelling"]["p50"] / run.config.batch,
-        "throughput_fps": frames / (sum(run.stages["end_to_end"]) / 1e3),
+        "throughput_fps": frames / run.wall_s if run.wall_s else 0.0,  # frames / wall time, batches back to back
         "memory_mb": run.memory_mb,
         "build_s": run.build_s,
         "label_agreement": 1.0 if run is reference else agreement,
@@ -99,13 +99,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- load average (1, 5, 15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         f"- decode (not in end to end, as in Holoscan): p50 {doc['decode_ms']['p50']:.2f} ms, p99 {doc['decode_ms']['p99']:.2f} ms per frame",
-        f"- labelling alone (fp32 torch, inside the fused model stage): p50 {doc['labelling_ms']['p50']:.3f} ms per frame",
+        f"- labelling alone (fp32 torch, inside the fused model stage): p50 {_fmt(doc['labelling_ms'] and doc['labelling_ms']['p50'], '.3f')} ms per frame",
         f"- memory: {', '.join(f'{k} {v:.0f}' for k, v in doc['memory'].items())}; per row below: memory in use after build "
         "and warm-up minus before (process RSS on the CPU, device memory on a GPU)",
         "",
         "Latency in ms per batch (each frame of a batch waits for the whole batch); model = model + labelling, fused. "
         "load avg: 1-minute load average during the run (includes the benchmark); others' CPU: cores used by other "
-        "processes while this configuration ran. x torch fp32: torch eager fp32 batch 1's model ms per frame over this "
+        "processes while this configuration ran. fps: frames over the wall time of the configuration's batches, back to back. x torch fp32: torch eager fp32 batch 1's model ms per frame over this "
         "row's; x original: the same for the original method (stride 4, below).",
         "",
         "| backend | precision | batch | model p50 | model p99 | end-to-end avg | p50 | p99 | p99.9 | max | fps | ms/frame | x torch fp32 | x original | labels vs torch fp32 | memory MB | load avg | others' CPU |",

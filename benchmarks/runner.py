@@ -2,7 +2,7 @@
 
 Stages follow a frame from memory to a message received by a subscriber, through the product's own code: prepare
 (the host's uint8 plane), host-to-device, model + labelling, mask + overlay, device-to-host (``BoneSegmenter.predict``;
-CUDA events on the GPU), encode (overlay JPEG once, mask to the host, the message: ``encode_prediction`` and
+CUDA events on the GPU), encode (overlay JPEG once, mask to the host, the message: ``encode_predictions`` and
 ``MessageFactory``) and publish (sent on a real ZeroMQ PUB socket on loopback, with a subscriber draining it);
 end to end spans them all. Decode is timed separately, as Holoscan does. Configurations take turns (``turn``
 frames each) so that load from other processes falls on all of them alike.
@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -22,7 +23,7 @@ import zmq
 
 from benchmarks.frames import FrameSet
 from pipeline.capture.frame import Frame
-from pipeline.publish.encode import encode_prediction
+from pipeline.publish.encode import encode_predictions, warm_encoder
 from pipeline.publish.message import MessageError, decode_header
 from pipeline.publish.outputs import MessageFactory
 from pipeline.publish.publisher import Publisher
@@ -102,9 +103,10 @@ def publish_batch(segmenter: BoneSegmenter, frames: list[Frame], wire: Wire, mak
     t1 = time.perf_counter()
     inferred = time.monotonic_ns()
     results = []
-    for frame, prediction in zip(frames, predictions):
+    jpegs = encode_predictions(predictions, jpeg=overlay, raw_overlay=False)  # the batch's overlays in one call
+    for frame, prediction, jpeg in zip(frames, predictions, jpegs):
         result = Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred})
-        result.overlay_jpeg = encode_prediction(prediction, jpeg=overlay, raw_overlay=False)
+        result.overlay_jpeg = jpeg
         result.stamps["labelled"] = time.monotonic_ns()
         result.message = make(result)
         results.append(result)
@@ -130,6 +132,7 @@ class Run:
     loadavg: list[float] = field(default_factory=list)  # 1-minute load average after each turn (includes this run)
     others_cores: list[float] = field(default_factory=list)  # CPU used by other processes during each turn, in cores
     cursor: int = 0  # next frame index (cycles over the frame set)
+    wall_s: float = 0.0  # wall time of its turns (batches back to back): throughput is frames / this
 
     @property
     def backend(self):
@@ -151,6 +154,7 @@ class Run:
 def warm_up(segmenter: BoneSegmenter, frames: FrameSet, batch: int, count: int) -> None:
     """``count`` untimed batches (allocator growth, caches) after the build's own warm-up and capture."""
     images = [frames.images[i % len(frames.images)] for i in range(batch)]
+    warm_encoder(segmenter.device, segmenter.geometry.frame_size)
     for _ in range(count):
         segmenter.predict(images, overlay=True)
 
@@ -174,15 +178,29 @@ class OtherLoad:
         return max(0.0, (now[1] - busy0) - (now[2] - mine0)) / max(now[0] - t0, 1e-9)
 
 
-def take_turns(runs: list[Run], frames: FrameSet, count: int, turn: int, wire: Wire, make: MessageFactory) -> None:
-    """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation."""
+def take_turns(
+    runs: list[Run], frames: FrameSet, count: int, turn: int, wire: Wire, make: MessageFactory,
+    failed: Callable[[Run, Exception], None], after_turn: Callable[[], None],
+) -> None:
+    """Every run labels ``count`` frames (in whole batches), ``turn`` frames at a time, in rotation. A run that raises
+    is taken out of ``runs`` and handed to ``failed``; the others go on. ``after_turn`` runs after every round (the
+    benchmark writes what it has so far)."""
     others = OtherLoad()
     goal = 0
-    while goal < count:
+    while goal < count and runs:
         goal = min(count, goal + turn)
-        for run in runs:
+        for run in list(runs):
             others.cores()
-            while run.cursor < goal:
-                run.step(frames, wire, make)
+            start = time.perf_counter()
+            try:
+                while run.cursor < goal:
+                    run.step(frames, wire, make)
+            except Exception as exc:  # one configuration failing on a frame must not lose every other one's numbers
+                runs.remove(run)
+                failed(run, exc)
+                continue
+            finally:
+                run.wall_s += time.perf_counter() - start
             run.others_cores.append(others.cores())
             run.loadavg.append(os.getloadavg()[0])
+        after_turn()

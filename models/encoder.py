@@ -57,29 +57,38 @@ class FoldedPatchEmbed(nn.Module):
         return F.conv2d(x, self.weight, self.bias, stride=stride).flatten(2).transpose(1, 2)
 
 
-class Fp32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the activations' type (fp16 LayerNorm after attention overflows:
-    TensorRT issues 2564/3101/4723). Its weights stay fp32 when the rest of the model is cast, so no call casts
-    them; explicitly typed engines keep what the graph says."""
+class EngineLayerNorm(nn.LayerNorm):
+    """LayerNorm without per-call casts of its weights. In fp16 it computes in fp32 (fp16 LayerNorm after attention
+    overflows: TensorRT issues 2564/3101/4723) with fp32 weights, casting only the activations; in bf16 (fp32's
+    exponent range, and torch's kernels accumulate the statistics in fp32) and fp32 it runs natively, its weights cast
+    with the rest of the model once, at build. Explicitly typed engines (TensorRT) keep what the graph says."""
+
+    def __init__(self, shape: tuple[int, ...], eps: float, upcast: bool) -> None:
+        super().__init__(shape, eps=eps)
+        self.upcast = upcast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+        if self.upcast:
+            return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class FixedGridViT(DinoViT):
     """A DinoViT for one patch grid, stride and dtype, taking gray pixels: positional table precomputed, the
-    normalisation folded into the patch embedding, LayerNorm in fp32. Built on ``device`` from ``source``'s weights."""
+    normalisation folded into the patch embedding, LayerNorm without per-call weight casts (fp32 compute for fp16).
+    Built on ``device`` from ``source``'s weights."""
 
     def __init__(self, source: DinoViT, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
+        upcast = dtype == torch.float16
         for block in self.blocks:
-            block.norm1 = Fp32LayerNorm(block.norm1.normalized_shape, eps=block.norm1.eps)
-            block.norm2 = Fp32LayerNorm(block.norm2.normalized_shape, eps=block.norm2.eps)
+            block.norm1 = EngineLayerNorm(block.norm1.normalized_shape, block.norm1.eps, upcast)
+            block.norm2 = EngineLayerNorm(block.norm2.normalized_shape, block.norm2.eps, upcast)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # on the meta device loading is a no-op, and says so
             self.load_state_dict(source.state_dict(), strict=True)
-        for module in self.modules():  # the ViT in ``dtype``; LayerNorm keeps its fp32 weights (no per-call casts)
-            if not isinstance(module, Fp32LayerNorm):
+        for module in self.modules():  # the ViT in ``dtype``; an fp16 model's LayerNorm keeps its fp32 weights
+            if not (isinstance(module, EngineLayerNorm) and module.upcast):
                 for param in module.parameters(recurse=False):
                     param.data = param.data.to(dtype)
         self.patch_embed = FoldedPatchEmbed(source.patch_embed.proj, geometry.mean, geometry.std, device)  # fp32 pixels in

@@ -7,13 +7,43 @@ engines never share storage and no engine sees another's device or dtype change 
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
+from pipeline.choices import SDPA_BACKENDS
+
 M = TypeVar("M", bound=nn.Module)
+
+# Which scaled-dot-product attention kernel is fastest on a GPU is measured, not assumed (on Hopper cuDNN's can beat
+# FlashAttention): the choice is a setting (SDPA_BACKENDS) the GPU benchmark sweeps.
+
+
+def sdpa_context(name: str) -> AbstractContextManager[object]:
+    """The attention kernel ``name`` forced for the work inside (``auto``: nothing forced). A kernel that cannot run
+    the shapes or device is an error at build time, not a silent fallback."""
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa {name!r} is not one of {', '.join(SDPA_BACKENDS)}")
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel(kinds[name])
+
+
+def cuda_float32_math() -> None:
+    """TF32 for fp32 matrix products and convolutions on CUDA: the one place bonestream sets it (fp32 engines, the
+    fp32 reference of the parity gate, the fp32 labelling). CPU math is untouched."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "conv"):  # torch >= 2.9 names it so; allow_tf32 is deprecated
+        matmul.fp32_precision = "tf32"
+        conv.conv.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        conv.allow_tf32 = True
 
 
 def resolve(device: str | torch.device) -> torch.device:
@@ -52,11 +82,14 @@ def device_guard(device: str | torch.device) -> Iterator[torch.device]:
 
 
 def build_on(device: str | torch.device, factory: Callable[[torch.device], M]) -> M:
-    """Construct ``factory(device)`` with its tensors created on ``device``; frozen and in eval mode.
+    """Construct ``factory(device)`` with its tensors created on ``device``; frozen and in eval mode. On CUDA, fp32
+    math is set to TF32 (``cuda_float32_math``) before anything is built there.
 
     The default-device context applies while building only: at run time it would add a dispatch to every op."""
     with ExitStack() as stack:
         dev = stack.enter_context(device_guard(device))
+        if dev.type == "cuda":
+            cuda_float32_math()
         stack.enter_context(dev)
         module = factory(dev)
     return module.eval().requires_grad_(False)

@@ -9,6 +9,15 @@ BACKEND_CHOICES = ("auto", *BACKENDS)
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # int8: linear layers quantised in the ONNX graph (ONNX Runtime on the CPU only)
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: fp32 and each precision the device runs natively, timed, behind the parity gate
+
+
+def default_precision(device: str) -> str:
+    """The ViT's precision when none is chosen: bf16 on CUDA (fp32 at batch 1 misses the 1 ms budget; bf16 has fp32's
+    range, so no fp16 overflow), fp32 elsewhere."""
+    return "bf16" if device.split(":")[0] == "cuda" else "fp32"
+
+
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # attention kernels of the torch backends; auto: torch's
 REFINEMENTS = ("grabcut",)
 TRUTH_KINDS = ("auto", "surface", "region")
 THIN_HALF_WIDTH = 5  # px: a mask with no pixel farther than this from its background is a curve, not a region

@@ -29,7 +29,7 @@ from models.errors import FrameError, FrameSizeError
 from pipeline.capture.frame import Frame, Source
 from pipeline.handoff import STOP_GRACE_S, Handoff, SinkWorker, Stopped
 from pipeline.latency import LatencyLog
-from pipeline.publish.encode import encode_prediction
+from pipeline.publish.encode import encode_prediction, warm_encoder
 from pipeline.segment.batches import StaticBatches
 from pipeline.segment.segmenter import BoneSegmenter, Prediction
 
@@ -115,12 +115,19 @@ class RunSummary:
     batches: dict[int, int] = field(default_factory=dict)  # frames of this stream by the frames in their engine call
     wall_s: float = 0.0
 
+    @property
+    def throughput_fps(self) -> float:
+        """Frames published over the run's wall time (not over the sum of per-frame latencies, which overlap)."""
+        return self.published / self.wall_s if self.wall_s > 0 else 0.0
+
     def lines(self) -> list[str]:
         drops = ", ".join(f"{k} {v}" for k, v in self.dropped.items()) or "none"
         lines = [
             f"source {self.source} ({'live' if self.live else 'replay'}){' - interrupted' if self.interrupted else ''}",
             f"frames read {self.read}, processed {self.processed}, published {self.published}, failed {len(self.failed)}, dropped: {drops}",
         ]
+        if self.wall_s > 0:
+            lines.append(f"throughput {self.throughput_fps:.1f} fps (frames published over {self.wall_s:.1f} s of wall time)")
         for name, counts in self.outputs.items():
             lines.append(f"output {name}: written {counts['written']}, dropped {counts['dropped']}, failed {counts['failed']}")
         if self.reconnects:
@@ -146,6 +153,7 @@ class RunSummary:
             "refused": self.refused,
             "batches": {str(k): v for k, v in sorted(self.batches.items())},
             "wall_s": self.wall_s,
+            "throughput_fps": self.throughput_fps,
         }
 
 
@@ -180,6 +188,8 @@ class Stream:
         # on CUDA results stay on the device until encode; there the copies run on their own stream
         device = engines.device
         self._encode_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self.jpeg:
+            warm_encoder(device, engines.first.geometry.frame_size)  # nvJPEG's encoder is made here, not on a live frame
 
     def interrupt(self) -> None:
         """Stop reading: live sources are closed at once so a capture blocked on the device wakes; a replay source

@@ -141,3 +141,87 @@ def test_ci_sized_benchmark_writes_json_markdown_and_plots(tmp_path: Path) -> No
     assert saved["baseline"]["stride"] == 4 and saved["runs"][0]["speedup_vs_original"] > 0
     table = paths[1].read_text()
     assert "| torch | fp32 | 2 |" in table and "RANDOM WEIGHTS" in table and "load average" in table
+
+
+def test_torch_compile_engines_past_the_recompile_limit(deployment, frames) -> None:
+    """Every torch-compile engine is a recompile of EngineGraph.forward: more engines than dynamo's recompile_limit
+    (lowered here to keep the test short; 8 by default) still build and run, each matching eager torch."""
+    with torch._dynamo.config.patch(recompile_limit=1, accumulated_recompile_limit=1):
+        engines = [TorchBackend(deployment, batch=b, mode="compile") for b in (1, 2, 3)]  # three static shapes
+        for engine in engines:
+            mask, margin = engine(frames)
+            reference = TorchBackend(deployment, batch=engine.batch)(frames)
+            np.testing.assert_array_equal(mask, reference[0])
+            np.testing.assert_allclose(margin, reference[1], atol=1e-4)
+
+
+def test_benchmark_writes_json_as_it_goes_and_skips_a_failing_row(tmp_path: Path, monkeypatch) -> None:
+    """A configuration failing mid-run is reported and dropped; the others' rows, and the JSON written after every
+    turn (a cut-off run keeps its numbers), survive."""
+    settings = replace(
+        bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=4, turn=2, input_size=(32, 40),
+        calibration_frames=2, baseline_frames=0, out=tmp_path, cache_dir=str(tmp_path / "engines"),
+    )
+    seen_on_failure = []
+    build_run = bench.build_run
+
+    def failing_b2(b: bench.Bench, config: bench.Config) -> bench.Run:
+        run = build_run(b, config)
+        if config.batch == 2:
+            compute, calls = run.segmenter.backend.compute, []
+
+            def compute_then_fail(planes: torch.Tensor):
+                calls.append(1)
+                if len(calls) > 1:  # its second turn: the first turn's rows are on disk already
+                    seen_on_failure.append(json.loads((tmp_path / "bench.json").read_text()))
+                    raise RuntimeError("device lost")
+                return compute(planes)
+
+            run.segmenter.backend.compute = compute_then_fail
+        return run
+
+    monkeypatch.setattr(bench, "build_run", failing_b2)
+    doc, paths = bench.run_benchmark(settings)
+    assert seen_on_failure[0]["meta"]["partial"] and [r["batch"] for r in seen_on_failure[0]["runs"]] == [1, 2]
+    saved = json.loads(paths[0].read_text())
+    assert not saved["meta"]["partial"] and [r["batch"] for r in saved["runs"]] == [1]
+    assert saved["runs"][0]["frames"] == 4 and saved["runs"][0]["throughput_fps"] > 0
+    assert saved["skipped"] == [{"config": "torch fp32 b2", "reason": "RuntimeError: device lost"}]
+
+
+def test_attention_kernel_is_a_setting(deployment, frames) -> None:
+    """--sdpa forces one attention kernel (the GPU benchmark sweeps them); math matches torch's own choice here."""
+    auto = TorchBackend(deployment, batch=2)(frames)
+    mask, margin = make_backend(BackendSpec("torch", batch=2, sdpa="math"), deployment)(frames)
+    np.testing.assert_array_equal(mask, auto[0])
+    np.testing.assert_allclose(margin, auto[1], atol=1e-4)
+    with pytest.raises(ValueError, match="sdpa 'fast' is not one of"):
+        TorchBackend(deployment, sdpa="fast")
+
+
+def test_cuda_defaults_resample_on_the_device_unless_chosen() -> None:
+    """On CUDA calibrate and bench resample on the device when no resampling is named (no host Lanczos per frame);
+    the CPU keeps the host default, and a named one is kept everywhere."""
+    from argparse import Namespace
+
+    from models.resampling import DEFAULT_RESAMPLING
+    from pipeline.commands.calibrate import geometry_from
+
+    assert geometry_from(Namespace(device="cuda:1", resampling=None)).resampling == "bilinear-aa"
+    assert geometry_from(Namespace(device="cuda", resampling="area")).resampling == "area"
+    assert geometry_from(Namespace(device="cpu", resampling=None)).resampling == DEFAULT_RESAMPLING
+    assert bench.BenchSettings.for_device("cuda").resampling == "bilinear-aa"
+    assert bench.BenchSettings.for_device("cpu").resampling == DEFAULT_RESAMPLING
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_engines_run_on_their_own_stream_with_tf32(deployment, frames) -> None:
+    backend = TorchBackend(deployment, "cuda", batch=2)
+    stream = backend.staging.stream
+    assert stream is not None and stream != torch.cuda.default_stream()
+    with backend.staging.active():
+        assert torch.cuda.current_stream() == stream
+    matmul = torch.backends.cuda.matmul
+    assert getattr(matmul, "fp32_precision", None) == "tf32" or matmul.allow_tf32  # set at build, in one place
+    mask, _ = backend(frames)
+    assert np.mean(mask == TorchBackend(deployment, batch=2)(frames)[0]) >= 0.99

@@ -13,7 +13,7 @@ import torch
 from calibration.calibrate import CalibrationSettings, calibrate
 from calibration.clustering import KMeansSettings
 from calibration.reference import Reference
-from models.encoder import Fp32LayerNorm
+from models.encoder import EngineLayerNorm
 from models.preprocess import Geometry
 from pipeline.capture.phantom import PhantomConfig
 from pipeline.capture.synthetic import PhantomSource
@@ -98,11 +98,21 @@ def test_fused_labelling_equals_the_reference_labelling(deployment, reference, f
     torch.testing.assert_close(fused_margin, margin, atol=1e-5, rtol=1e-5)
 
 
-def test_reduced_precision_keeps_layernorm_and_labelling_fp32(deployment, frames) -> None:
+def test_reduced_precision_layernorm_casts_nothing_per_call_and_labelling_stays_fp32(deployment, frames) -> None:
+    """bf16: native LayerNorm (weights cast once at build; torch accumulates its statistics in fp32); fp16: fp32
+    LayerNorm weights (its compute stays fp32: the fp16 overflow), only activations cast."""
+    assert engine_module(deployment, "fp16", "fused", "cpu").core.vit.blocks[3].norm1.weight.dtype == torch.float32
     engine = engine_module(deployment, "bf16", "fused", "cpu")
     vit = engine.core.vit
-    assert vit.blocks[3].attn.qkv.weight.dtype == torch.bfloat16 and isinstance(vit.blocks[3].norm1, Fp32LayerNorm)
-    assert vit.blocks[3].norm1.weight.dtype == torch.float32  # cast once at build, never per call
+    assert vit.blocks[3].attn.qkv.weight.dtype == torch.bfloat16 and isinstance(vit.blocks[3].norm1, EngineLayerNorm)
+    assert vit.blocks[3].norm1.weight.dtype == torch.bfloat16 and not vit.blocks[3].norm1.upcast
+    block_input = torch.randn(1, 5, 384, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(  # the same statistics as fp32 LayerNorm, to bf16's rounding
+            vit.blocks[3].norm1(block_input).float(),
+            torch.nn.functional.layer_norm(block_input.float(), (384,), vit.blocks[3].norm1.weight.float(), vit.blocks[3].norm1.bias.float()),
+            atol=0.05, rtol=0.02,
+        )
     assert engine.core.labeller.centroids.dtype == torch.float32
     with torch.inference_mode():
         assert engine_module(deployment, "bf16", "keys", "cpu")(torch.from_numpy(frames))[0].dtype == torch.float32
@@ -160,3 +170,86 @@ def test_export_command_builds_and_gates(reference, cache, tmp_path: Path, capsy
     assert "REFUSED" in capsys.readouterr().out
     assert main(["export", "phantom:2", *args[2:]]) == 2
     assert "calibration frames are not in the sources" in capsys.readouterr().err
+
+
+def test_run_gate_uses_the_recorded_verdict_or_checks_on_the_calibration_frames(deployment, cache, frames, reference) -> None:
+    """fp16/bf16 engines label no frame before passing the parity gate: a recorded refusal stops them with the figures,
+    a recorded pass lets them run, neither and no frames is 'unchecked'; with frames the check runs and is recorded."""
+    from pipeline.infer.gate import ParityRefused, ParityUnchecked, gate
+    from pipeline.infer.parity import ParityResult, recorded_verdict
+
+    assert gate(TorchBackend(deployment, batch=BATCH), deployment, cache, None, reference.calibration_labels) is None  # fp32
+    bf16 = TorchBackend(deployment, precision="bf16", batch=BATCH)
+    fresh = EngineCache(cache.root / "fresh")
+    with pytest.raises(ParityUnchecked, match="--calibration-sources"):
+        gate(bf16, deployment, fresh, None, reference.calibration_labels)
+    record_verdict(fresh, deployment, bf16, ParityResult("torch", "bf16", 3, 0.5, 0.4, 0.3))
+    with pytest.raises(ParityRefused, match=r"torch bf16: parity REFUSED on 3 calibration frames: key cosine 0.5000"):
+        gate(bf16, deployment, fresh, None, reference.calibration_labels)
+    record_verdict(fresh, deployment, bf16, ParityResult("torch", "bf16", 3, 0.999, 1.0, 1.0))
+    assert gate(bf16, deployment, fresh, None, reference.calibration_labels).passed
+    checked = EngineCache(cache.root / "checked")
+    try:
+        result = gate(bf16, deployment, checked, frames, reference.calibration_labels)
+        assert result.passed and result.frames == len(reference.frames)
+    except ParityRefused:
+        pass  # random weights in bf16 may differ: refused with the figures is the gate working too
+    assert recorded_verdict(checked, deployment, bf16) is not None
+
+
+def test_default_cuda_precision_falls_back_to_fp32_when_unchecked(deployment, reference, tmp_path: Path, capsys) -> None:
+    """bf16 is CUDA's default only once it has passed the gate; asked for explicitly, unchecked is an error. (The
+    engines are CPU ones here: the logic is the device's name, the gate is the same.)"""
+    from argparse import Namespace
+
+    from pipeline.commands.common import gated
+    from pipeline.infer.gate import ParityUnchecked
+
+    asked = []
+
+    def build(precision: str, gate) -> list[TorchBackend]:
+        asked.append(precision)
+        return [TorchBackend(deployment, precision=precision)]
+
+    cache_dir = str(tmp_path / "engines")
+    assert gated(Namespace(precision=None, device="cuda", calibration_sources=None, cache_dir=cache_dir), reference, build) == "fp32"
+    assert asked == ["bf16", "fp32"] and "running fp32 instead" in capsys.readouterr().out
+    with pytest.raises(ParityUnchecked):
+        gated(Namespace(precision="bf16", device="cuda", calibration_sources=None, cache_dir=cache_dir), reference, build)
+    assert gated(Namespace(precision=None, device="cpu", calibration_sources=None, cache_dir=cache_dir), reference, build) == "fp32"
+
+
+def test_auto_precision_is_handed_the_runs_gate(deployment, reference, tmp_path: Path) -> None:
+    """--precision auto: the build gets the same gate as an explicit precision, so auto keeps no unchecked engine."""
+    from argparse import Namespace
+
+    from pipeline.commands.common import gated
+
+    refusals = []
+
+    def build(precision: str, gate) -> list[TorchBackend]:
+        refusals.append((precision, gate(TorchBackend(deployment, precision="bf16")), gate(TorchBackend(deployment))))
+        return [TorchBackend(deployment)]
+
+    args = Namespace(precision="auto", device="cpu", calibration_sources=None, cache_dir=str(tmp_path / "engines"))
+    assert gated(args, reference, build) == "auto"
+    (precision, bf16, fp32), = refusals
+    assert precision == "auto" and "torch bf16 on cpu (batch 1) has not passed the parity gate" in bf16 and fp32 is None
+
+
+def test_segment_in_bf16_passes_the_gate_before_its_first_frame(reference, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Unchecked bf16 asked for explicitly stops before any frame, in one line; with the calibration sources it is
+    checked (verdict printed with its figures and recorded) and then labels, or is refused with the figures."""
+    monkeypatch.setenv("BONESTREAM_CACHE", str(tmp_path / "cache"))
+    ref_path = tmp_path / "ref.json"
+    reference.save(ref_path)
+    args = ["segment", "phantom:2", "--reference", str(ref_path), "--weights", "random:0", "--precision", "bf16", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "unchecked")]) == 2
+    assert "has not passed the parity gate" in capsys.readouterr().err
+    assert not (tmp_path / "unchecked" / "masks").exists()
+    code = main([*args, "--out", str(tmp_path / "checked"), "--calibration-sources", PHANTOM])
+    out, err = capsys.readouterr()
+    if code == 0:
+        assert "torch bf16: parity passed on 3 calibration frames" in out
+    else:  # random weights in bf16 may differ: refused with the figures is the gate working too
+        assert code == 2 and "torch bf16: parity REFUSED" in err

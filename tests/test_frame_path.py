@@ -5,6 +5,7 @@ of the predictor, and outputs that never hold up inference or each other."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterator
 
@@ -24,7 +25,7 @@ from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import engine_module, model_input
 from pipeline.infer.select import BackendSpec, make_backend
-from pipeline.publish.encode import encode_prediction
+from pipeline.publish.encode import encode_jpeg, encode_jpegs, encode_prediction, encode_predictions, warm_encoder
 from pipeline.publish.message import FrameMessage, decode
 from pipeline.run import Pipeline, Result, RunConfig
 from pipeline.segment.render import BONE_RGB, build_renderer, overlay_table
@@ -286,5 +287,45 @@ def test_predictor_edge_cases(device_segmenter, deployment) -> None:
         BoneSegmenter(device_segmenter.reference, TorchBackend(deployment, outputs="keys"), device_segmenter.weights)
     pred = device_segmenter.predict(torch.zeros((1, 60, 70), dtype=torch.uint8), overlay=True, tensors=True)[0]
     pred.mask.zero_()  # ordinary tensors, not inference-mode ones: callers may write to them
+    pred.patch_mask[0, 0] = True  # the bool patch mask too (it was made in inference mode)
     pred.overlay[..., 0] = 0
     assert deployment.key("onnx", outputs="fused", batch=1, precision="fp32", device="cpu").artifact.endswith("-v2")
+
+
+def test_jpegs_encode_in_one_call(device_segmenter) -> None:
+    images = [np.full((60, 70, 3), v, np.uint8) for v in (10, 200)]
+    for image, jpeg in zip(images, encode_jpegs(images)):
+        assert np.abs(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int) - image).max() <= 2
+    warm_encoder(device_segmenter.device, (60, 70))  # nothing to create off CUDA
+    frames = [np.full((60, 70), v, np.uint8) for v in (40, 160)]
+    together = device_segmenter.predict(frames, overlay=True, tensors=True)
+    alone = [device_segmenter.predict([f], overlay=True, tensors=True)[0] for f in frames]
+    assert encode_predictions(together, jpeg=True, raw_overlay=False) == [encode_prediction(p, jpeg=True, raw_overlay=False) for p in alone]
+    assert all(isinstance(p.mask, np.ndarray) and p.overlay is None for p in together)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_nvjpeg_reads_images_made_on_other_threads_streams() -> None:
+    """Overlays written on two threads' own streams right before encoding decode to what was written (torchvision's
+    shared encoder orders its work after its creation stream only)."""
+    warm_encoder(torch.device("cuda"), (480, 640))
+    errors: list[int] = []
+
+    def probe(value: int) -> None:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(20):
+                image = torch.empty((480, 640, 3), dtype=torch.uint8, device="cuda")
+                torch.cuda._sleep(1_000_000)  # the write lands late on this stream
+                image.fill_(value)
+                ready = torch.cuda.Event()
+                ready.record()
+                decoded = cv2.imdecode(np.frombuffer(encode_jpeg(image, ready=ready), np.uint8), cv2.IMREAD_GRAYSCALE)
+                errors.append(int(np.abs(decoded.astype(int) - value).max()))
+
+    threads = [threading.Thread(target=probe, args=(v,)) for v in (30, 220)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 40 and max(errors) <= 3

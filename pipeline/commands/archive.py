@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from models.errors import BonestreamError
-from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, weights_for
+from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, precision_for, weights_for
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
 from pipeline.commands.paths import check_output_dir
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(recordings)} recordings, reference {reference.id}")
     config = WorkerConfig(
         str(Path(args.reference).resolve()), weights, str(out_dir), device=args.device, backend=args.backend,
-        precision=args.precision, batch_size=args.batch_size, refine=args.refine, overlay=args.overlay, threads=args.cpus_per_worker,
+        precision=precision_for(args), batch_size=args.batch_size, refine=args.refine, overlay=args.overlay, threads=args.cpus_per_worker,
     )
     options = ClusterOptions(args.workers, args.cpus_per_worker, args.gpu_fraction, args.address)
     report = ArchiveReport(reference.id, identity.label, identity.is_random)

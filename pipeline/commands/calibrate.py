@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.resampling import DEFAULT_RESAMPLING, RESAMPLING
+from models.resampling import DEFAULT_RESAMPLING, RESAMPLING, device_resampling
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, input_size, number
 from pipeline.commands.paths import check_output_file
@@ -31,7 +31,7 @@ def add_geometry_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, choices=(8, 4), default=None, help=f"patch stride: 8, or 4 (overlapping, as the original) (default {study.stride})")
     p.add_argument(
         "--resampling", default=None, choices=RESAMPLING,
-        help=f"resize to the model input (default {DEFAULT_RESAMPLING}): pil-lanczos (Pillow's antialiased Lanczos, as the "
+        help=f"resize to the model input (default {DEFAULT_RESAMPLING}, with --device cuda bilinear-aa): pil-lanczos (Pillow's antialiased Lanczos, as the "
         "original code and the study), lanczos (OpenCV Lanczos-4, aliases when shrinking), area, linear, cubic on the host, "
         "or bilinear-aa, bicubic-aa on the model's device (antialiased torch; whole frames cross to the GPU, no host "
         "resize). Stored in the reference: run time always uses the same one",
@@ -87,8 +87,11 @@ def settings_from(args: argparse.Namespace) -> CalibrationSettings:
 
 
 def geometry_from(args: argparse.Namespace) -> GeometryOptions:
-    """The preset's geometry with every option the user gave in its place."""
+    """The preset's geometry with every option the user gave in its place; on CUDA a device resampling unless one
+    was chosen (models.resampling.device_resampling: the reference stores it, so run time uses it too)."""
     given = {f.name: getattr(args, f.name) for f in fields(GeometryOptions) if getattr(args, f.name, None) is not None}
+    if getattr(args, "device", "cpu").startswith("cuda"):
+        given.setdefault("resampling", device_resampling(args.device))
     return replace(GEOMETRY_PRESETS[getattr(args, "preset", "study")], **given)
 
 

@@ -7,15 +7,17 @@ loads no torch, OpenCV or faiss); what runs the model is imported inside the fun
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from pipeline.choices import BACKEND_CHOICES, PRECISIONS, REFINEMENTS
+from pipeline.choices import BACKEND_CHOICES, PRECISION_CHOICES, REFINEMENTS, SDPA_BACKENDS, default_precision
 from pipeline.commands.numbers import COUNT, POSITIVE_INT
 
 if TYPE_CHECKING:
     from calibration.reference import Reference
     from pipeline.capture.frame import Source
     from pipeline.capture.ranges import FrameRange
+    from pipeline.infer.backend import Backend
+    from pipeline.infer.select import Gate
     from pipeline.segment.segmenter import BoneSegmenter
 
 WEIGHTS_HELP = (
@@ -40,9 +42,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "fastest and reports each fallback with its reason",
     )
     p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
-        help="ViT precision: fp32, fp16, bf16, or int8 linear layers (onnxruntime on the CPU); LayerNorm and labelling stay "
-        "fp32; check reduced-precision engines with `bonestream export` first",
+        "--precision", choices=PRECISION_CHOICES, default=None,
+        help="ViT precision (default fp32 on the CPU, bf16 on CUDA): fp32 (TF32 matrix products on CUDA), fp16, bf16, int8 linear "
+        "layers (onnxruntime on the CPU), or auto (fp32 and every precision this device runs natively, timed; a reduced one "
+        "only once it passed the parity gate); labelling stays fp32, LayerNorm computes in fp32 for fp16",
+    )
+    p.add_argument(
+        "--sdpa", choices=SDPA_BACKENDS, default="auto",
+        help="attention kernel of the torch backends: auto (torch's choice, default), or cudnn, flash, efficient, math "
+        "forced (a kernel that cannot run here fails at build); for A/B measurements on a GPU",
     )
 
 
@@ -103,14 +111,71 @@ def fit_reference(reference: Reference, sources: Sequence[Source]) -> Reference:
     return reference.at_frame_size(sizes.popitem()[1], "source") if sizes else reference
 
 
+def precision_for(args: argparse.Namespace) -> str:
+    """The precision asked for, or the device's default (pipeline.choices.default_precision)."""
+    return args.precision or default_precision(args.device)
+
+
+def add_gate_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration-sources", action="append", default=None, metavar="SOURCE",
+        help="a source the reference was calibrated on (repeat for several): a reduced-precision engine (fp16, bf16, int8, or auto's candidates) is checked on its calibration frames "
+        "(the parity gate of `bonestream export`) before the first frame, unless a verdict is recorded already",
+    )
+
+
+def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, Gate], list[Backend]]) -> str:
+    """The precision to run in, its engines built by ``build(precision, gate)`` and passed through the parity gate
+    before any frame: a refused engine stops the run (one line with the figures); an unchecked one stops it when the
+    precision was asked for, and falls back to fp32 when it was only the CUDA default. ``--precision auto`` hands
+    ``build`` the same gate, so the fastest candidate it keeps is one that passed."""
+    from pipeline.commands.export import calibration_frames
+    from pipeline.infer.cache import EngineCache
+    from pipeline.infer.gate import ParityRefused, ParityUnchecked, gate
+
+    precision = precision_for(args)
+    sources = getattr(args, "calibration_sources", None)
+    frames = calibration_frames(sources, reference) if sources and precision != "fp32" else None
+    cache = EngineCache(getattr(args, "cache_dir", None))
+
+    def refusal(backend: Backend) -> str | None:
+        try:
+            gate(backend, backend.deployment, cache, frames, reference.calibration_labels)
+        except (ParityRefused, ParityUnchecked) as exc:
+            return str(exc)
+        return None
+
+    backends = build(precision, refusal)
+    try:
+        for backend in backends:
+            if (result := gate(backend, backend.deployment, cache, frames, reference.calibration_labels)) is not None:
+                print(result.describe())
+    except ParityUnchecked as exc:
+        if args.precision is not None:
+            raise
+        print(f"{exc}; running fp32 instead (the CUDA default bf16 runs once it has passed)")
+        build("fp32", refusal)
+        return "fp32"
+    return precision
+
+
 def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmenter:
-    """The segmenter the options ask for; prints the backend choice and every fallback."""
+    """The segmenter the options ask for, behind the parity gate (``gated``); prints the backend choice and every
+    fallback."""
+    from models.loader import load_model
+    from pipeline.infer.select import BackendSpec
     from pipeline.segment.segmenter import BoneSegmenter
 
-    seg = BoneSegmenter.create(
-        reference, weights_for(reference, args.weights), device=args.device, precision=args.precision, backend=args.backend,
-        batch=getattr(args, "batch_size", 1), refine=getattr(args, "refine", None), progress=args.progress,
-    )
+    model, identity = load_model(weights_for(reference, args.weights), progress=args.progress)
+    built: list[BoneSegmenter] = []
+
+    def build(precision: str, gate: Gate) -> list[Backend]:
+        spec = BackendSpec(args.backend, args.device, precision, getattr(args, "batch_size", 1), sdpa=args.sdpa)
+        built.append(BoneSegmenter.from_model(reference, model, identity, spec, refine=getattr(args, "refine", None), gate=gate))
+        return [built[-1].backend]
+
+    gated(args, reference, build)
+    seg = built[-1]
     print(seg.selection.describe())
     return seg
 

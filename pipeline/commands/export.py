@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from itertools import product
 from typing import TYPE_CHECKING, Sequence
 
 from models.errors import BonestreamError
-from pipeline.commands.common import add_model_arguments, announce_weights, weights_for
+from pipeline.commands.common import add_model_arguments, announce_weights, precision_for, weights_for
 from pipeline.commands.numbers import POSITIVE_INT, number
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.infer.cache import EngineCache
     from pipeline.infer.deployment import Deployment
     from pipeline.infer.parity import ParityThresholds, check_parity, record_verdict
-    from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend
+    from pipeline.infer.select import CANDIDATES, BackendSpec, make_backend, precision_candidates, runs_at
 
     reference = Reference.load(args.reference)
     frames = calibration_frames(args.sources, reference)
@@ -75,17 +76,23 @@ def run(args: argparse.Namespace) -> int:
     given = {"key_cosine": args.min_cosine, "agreement": args.min_agreement}
     thresholds = ParityThresholds(**{name: value for name, value in given.items() if value is not None})
     device_type = torch.device(args.device).type
-    names = [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]] if args.backend == "auto" else [args.backend]
+    asked = precision_for(args)
+    # --precision auto records a verdict for every pair `run --backend auto --precision auto` may choose
+    engines = CANDIDATES[device_type] if asked == "auto" else [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]]
+    names = engines if args.backend == "auto" else [args.backend]
+    precisions = precision_candidates(args.device)[0] if asked == "auto" else [asked]
     refused = built = 0
-    for name in names:
-        spec = BackendSpec(name, args.device, args.precision, args.batch_size)
+    for name, precision in product(names, precisions):
+        if not runs_at(name, precision, args.device):
+            continue
+        spec = BackendSpec(name, args.device, precision, args.batch_size, sdpa=args.sdpa)
         try:
             engine = make_backend(spec, deployment, cache)
             keys = make_backend(replace(spec, outputs="keys"), deployment, cache)
         except BackendUnavailable as exc:
             if args.backend != "auto":
                 raise
-            print(f"skipped {name}: {exc}")
+            print(f"skipped {name} {precision}: {exc}")
             continue
         result = check_parity(engine, keys, deployment, frames, calibration_labels=reference.calibration_labels, thresholds=thresholds)
         record_verdict(cache, deployment, engine, result)
@@ -95,4 +102,4 @@ def run(args: argparse.Namespace) -> int:
     if not built:
         raise BackendUnavailable(f"no engine backend runs on {args.device}")
     print(f"engines in {cache.root}")
-    return 1 if refused else 0
+    return 1 if refused and asked != "auto" else 0  # auto: a refusal only takes that candidate out of run's choice

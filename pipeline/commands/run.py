@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from models.errors import BonestreamError
 from pipeline.choices import DEFAULT_ADDRESS
 from pipeline.commands.common import (
-    add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
+    add_gate_argument, add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
 )
 from pipeline.commands.numbers import BATCH_DELAY_MS, COUNT, FPS, POSITIVE, POSITIVE_INT, SECONDS
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
@@ -77,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, default=Path("bonestream-run"), metavar="DIR", help="latency report and run summary folder (default ./bonestream-run)")
     add_server_arguments(p)
     add_model_arguments(p)
+    add_gate_argument(p)
     add_refine_argument(p)
 
 

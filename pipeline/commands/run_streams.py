@@ -20,11 +20,12 @@ from typing import Any
 from calibration.reference import Reference
 from models.errors import BonestreamError
 from models.loader import load_model
-from pipeline.commands.common import announce_weights, fit_reference, weights_for
+from pipeline.commands.common import announce_weights, fit_reference, gated, weights_for
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.commands.run import _stop_on_signals, check_binds, clear_report, file_outputs, print_summary, wait_for_subscribers, write_report
 from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file, with_ids
-from pipeline.infer.select import BackendSpec
+from pipeline.infer.backend import Backend
+from pipeline.infer.select import BackendSpec, Gate
 from pipeline.latency import STAGES
 from pipeline.publish.curve import server_from_args
 from pipeline.publish.files import write_json_atomic
@@ -89,10 +90,15 @@ def run_streams(args: argparse.Namespace) -> int:
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
         announce_weights(identity.label)
-        spec = BackendSpec(args.backend, args.device, args.precision, args.batch_size)
         engines: dict[str, StaticBatches] = {}
         for path, ref in refs.items():
-            engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine)
+
+            def build(precision: str, gate: Gate) -> list[Backend]:
+                spec = BackendSpec(args.backend, args.device, precision, args.batch_size, sdpa=args.sdpa)
+                engines[path] = build_static_batches(model, identity, ref, spec, refine=args.refine, gate=gate)  # called at once, for this path
+                return [seg.backend for seg in engines[path].segmenters.values()]
+
+            gated(args, ref, build)
             selection = engines[path].segmenters[engines[path].largest].selection
             print(f"{path}: static batches {', '.join(map(str, engines[path].sizes))}; {selection.describe()}")
         for s in specs:

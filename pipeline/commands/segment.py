@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands.common import (
-    add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
+    add_gate_argument, add_model_arguments, add_range_arguments, add_refine_argument, announce_weights, frame_range, load_segmenter, reference_for,
 )
 from pipeline.commands.numbers import POSITIVE_INT
 from pipeline.commands.paths import check_fresh_results, check_output_dir
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a previous run's results in --out (refused otherwise)")
     add_range_arguments(p)
     add_model_arguments(p)
+    add_gate_argument(p)
     add_refine_argument(p)
 
 

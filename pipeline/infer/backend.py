@@ -7,14 +7,18 @@ deployment (``graph.engine_module``): it never moves or changes a module it was 
 
 from __future__ import annotations
 
+import itertools
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.errors import BonestreamError
 from pipeline.infer.deployment import Deployment
+from models.placement import sdpa_context
 from pipeline.infer.graph import check_precision, engine_module
 from pipeline.infer.staging import Compute, StagedBackend, Staging, ready
 
@@ -46,11 +50,39 @@ def require_cuda(name: str, device: str) -> torch.device:
     return dev
 
 
+_compiled = itertools.count(1)  # torch-compile engines built in this process
+_compile_lock = threading.Lock()
+
+
+def compile_engine(module: nn.Module) -> Compute:
+    """``torch.compile`` of one engine, any number of them per process. Every engine is a recompile of the same
+    ``EngineGraph.forward``; dynamo keeps ``recompile_limit`` (8) versions per function and, under ``fullgraph``,
+    the next one is an error, so the limits grow with the engines built (each engine's calls match its own entry)."""
+    config = torch._dynamo.config
+    with _compile_lock:
+        engines = next(_compiled)
+        for name in ("recompile_limit", "accumulated_recompile_limit"):  # named so since torch 2.6
+            if hasattr(config, name):
+                setattr(config, name, max(getattr(config, name), engines + 8))
+    return torch.compile(module, fullgraph=True, dynamic=False)
+
+
+def forcing_sdpa(compute: Compute, name: str) -> Compute:
+    """``compute`` with the attention kernel ``name`` forced (on CUDA that is what the graph captures)."""
+    sdpa_context(name)  # a bad name fails here
+
+    def run(planes: torch.Tensor) -> Sequence[torch.Tensor]:
+        with sdpa_context(name):
+            return compute(planes)
+
+    return compute if name == "auto" else run
+
+
 @dataclass
 class TorchBackend(StagedBackend):
     """PyTorch on CPU or CUDA, ``mode`` eager or compile (torch.compile, inductor); on CUDA either is captured
     into a CUDA graph at the static batch size when built. Reduced precision casts the ViT once, at build
-    (LayerNorm and labelling stay fp32)."""
+    (labelling stays fp32; LayerNorm computes in fp32 for fp16)."""
 
     deployment: Deployment
     device: str = "cpu"
@@ -58,6 +90,7 @@ class TorchBackend(StagedBackend):
     batch: int = 1
     mode: str = "eager"
     outputs: str = "fused"
+    sdpa: str = "auto"  # pipeline.choices.SDPA_BACKENDS: torch's choice, or one attention kernel forced
     name: str = field(init=False)
     last_timings_ms: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -67,6 +100,6 @@ class TorchBackend(StagedBackend):
             raise ValueError(f"torch mode {self.mode!r} is not eager or compile")
         self.name = "torch" if self.mode == "eager" else "torch-compile"
         module = engine_module(self.deployment, self.precision, self.outputs, self.device)
-        compute: Compute = torch.compile(module, fullgraph=True, dynamic=False) if self.mode == "compile" else module
+        compute = forcing_sdpa(compile_engine(module) if self.mode == "compile" else module, self.sdpa)
         self.staging = Staging(self.device, self.deployment.plane_shape(self.batch))
         self.compute = ready(compute, self.staging.input)

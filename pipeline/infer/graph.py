@@ -32,7 +32,7 @@ def check_precision(precision: str) -> torch.dtype:
 
 class CoreGraph(nn.Module):
     """B x 1 x H x W float32 pixels -> (B x h x w uint8 bone flag, B x h x w float32 margin), or (keys,) without a
-    labeller. The ViT runs in its dtype; LayerNorm and the labelling stay fp32."""
+    labeller. The ViT runs in its dtype (LayerNorm in fp32 for fp16); the labelling stays fp32."""
 
     def __init__(self, vit: FixedGridViT, labeller: PatchLabeller | None) -> None:
         super().__init__()

@@ -78,12 +78,13 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def provider_options(name: str, device: torch.device, precision: str, engine_dir: Path | None) -> list[tuple[str, dict]]:
-    """Execution providers in priority order for ``name`` on ``device``."""
+def provider_options(name: str, device: torch.device, precision: str, engine_dir: Path | None, compute_stream: torch.cuda.Stream | None = None) -> list[tuple[str, dict]]:
+    """Execution providers in priority order for ``name`` on ``device``; on CUDA ONNX Runtime launches on
+    ``compute_stream`` (the staging's own stream: the one the input step and the timing events use) for the
+    session's life."""
     if device.type == "cpu":
         return [("CPUExecutionProvider", {})]
-    stream = str(torch.cuda.current_stream(device).cuda_stream)
-    # ONNX Runtime keeps this stream for the session's life: the device's current stream at creation (its default)
+    stream = str(compute_stream.cuda_stream)
     cuda = ("CUDAExecutionProvider", {"device_id": device.index, "user_compute_stream": stream})
     if name == "onnxruntime":
         return [cuda]
@@ -136,16 +137,19 @@ class OnnxRuntimeBackend(StagedBackend):
         if wanted == "TensorrtExecutionProvider":
             key = self.deployment.key("ort-trt", outputs=self.outputs, batch=self.batch, precision=self.precision, device=self.device)
             engine_dir, _ = self.cache.fetch(key, "", lambda path: path.mkdir(parents=True, exist_ok=True))
-        self.session = ort.InferenceSession(str(model), session_options(), providers=provider_options(self.name, dev, self.precision, engine_dir))
+        self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
+        providers = provider_options(self.name, dev, self.precision, engine_dir, self.staging.stream)
+        self.session = ort.InferenceSession(str(model), session_options(), providers=providers)
         if self.session.get_providers()[0] != wanted:
             raise BackendUnavailable(
                 f"{self.name}: onnxruntime fell back to {self.session.get_providers()} instead of {wanted} "
                 "(its libraries failed to load; see onnxruntime's log above)"
             )
-        self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
         self.input_step = model_input(self.deployment, dev)
-        # never captured: ONNX Runtime launches on the stream it was given at session creation, not torch's capture stream
-        self.compute = ready(self._host_compute if dev.type == "cpu" else self._bind_device(), self.staging.input, capture=False)
+        # never captured: ONNX Runtime launches on the stream it was given at session creation, not torch's capture
+        # stream; warmed up on that stream, as it runs
+        with self.staging.active():
+            self.compute = ready(self._host_compute if dev.type == "cpu" else self._bind_device(), self.staging.input, capture=False)
 
     def _host_compute(self, planes: torch.Tensor) -> list[torch.Tensor]:
         outputs = self.session.run(list(OUTPUT_NAMES[self.outputs]), {INPUT_NAME: self.input_step(planes).numpy()})

@@ -45,6 +45,7 @@ class BackendSpec:
     precision: str = "fp32"
     batch: int = 1
     outputs: str = "fused"  # or "keys" (for the parity gate)
+    sdpa: str = "auto"  # attention kernel of the torch backends (pipeline.choices.SDPA_BACKENDS)
 
 
 def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache | None = None) -> Backend:
@@ -56,7 +57,7 @@ def make_backend(spec: BackendSpec, deployment: Deployment, cache: EngineCache |
     if name in ("torch", "torch-compile"):
         if torch.device(device).type != "cpu":
             require_cuda(name, device)
-        return TorchBackend(deployment, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs)
+        return TorchBackend(deployment, device, precision, batch, mode="eager" if name == "torch" else "compile", outputs=outputs, sdpa=spec.sdpa)
     if name in ("onnxruntime", "onnxruntime-trt"):
         return OnnxRuntimeBackend(deployment, name, device, precision, batch, outputs, cache)
     if name == "tensorrt":
@@ -111,6 +112,17 @@ def time_backend(backend: Backend, frames: np.ndarray, trials: int = TRIALS) -> 
     return statistics.median(times)
 
 
+def recorded_gate(deployment: Deployment, cache: EngineCache) -> Gate:
+    """The gate without frames to check on: a reduced-precision engine passes only with a passing recorded verdict."""
+
+    def refusal(backend: Backend) -> str | None:
+        if recorded_verdict(cache, deployment, backend) is None:  # a failed verdict was refused by usable_backend
+            return f"{backend.name} {backend.precision}: no parity verdict recorded (run `bonestream export` with the calibration sources)"
+        return None
+
+    return refusal
+
+
 def precision_candidates(device: str) -> tuple[list[str], list[Fallback]]:
     """What ``--precision auto`` tries on ``device``: fp32 (the reference) and every reduced precision that runs
     natively there; on a CPU the others are fallbacks that say which unit is missing (cpu_features)."""
@@ -140,9 +152,11 @@ def select_backend(
     """``spec.name`` itself, or for ``auto`` the fastest candidate that builds and runs on ``spec.device``.
 
     ``spec.precision`` ``auto`` tries every precision of precision_candidates too; a reduced-precision candidate is
-    then kept only if ``gate`` (the parity gate on real frames) passes it.
+    then kept only if ``gate`` (the parity gate, pipeline.infer.gate) passes it, by default only with a passing
+    verdict recorded by ``bonestream export``.
     """
     cache = cache or EngineCache()
+    gate = gate or recorded_gate(deployment, cache)
     if spec.name != "auto" and spec.precision != "auto":
         return Selection(usable_backend(spec, deployment, cache), spec.name)
     names = CANDIDATES[torch.device(spec.device).type] if spec.name == "auto" else (spec.name,)
@@ -156,7 +170,7 @@ def select_backend(
         label = name if spec.precision != "auto" else f"{name} {precision}"
         try:
             backend = usable_backend(replace(spec, name=name, precision=precision), deployment, cache)
-            if precision != "fp32" and spec.precision == "auto" and gate is not None and (refusal := gate(backend)) is not None:
+            if precision != "fp32" and spec.precision == "auto" and (refusal := gate(backend)) is not None:
                 raise BackendUnavailable(refusal)
             measured[label] = time_backend(backend, frames, trials)
             working[label] = backend

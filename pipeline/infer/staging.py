@@ -3,13 +3,16 @@
 Every engine here has a static shape, so its uint8 input buffer (and, on CUDA, a pinned host mirror and pinned
 output mirrors) is allocated once and reused: no per-frame allocation, and CUDA-graph capture and io-binding can
 point at fixed addresses. Stage times come from CUDA events on the GPU (host clocks would only measure kernel
-launches) and from the host clock on the CPU. All work runs under the device's guard.
+launches) and from the host clock on the CPU. All work runs under the device's guard and, on CUDA, on the staging's
+own stream (``Staging.active``): never on the legacy default stream, which would serialise with every other
+stream's work, and the stream ONNX Runtime is handed for its kernels.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,10 +111,28 @@ class Staging:
             self.upload = self.buffer.upload
             self.clock = StageClock(dev, STAGES)
             self.mirror = HostMirror(dev)
+            self.stream = torch.cuda.Stream(dev) if self.cuda else None  # a non-default stream, for this engine's work
+
+    @contextmanager
+    def active(self) -> Iterator[torch.device]:
+        """The device's guard and, on CUDA, this staging's stream as the current one: it first waits for the caller's
+        stream (inputs made there), and the caller's stream waits for it on leaving (outputs used there); GPU-side
+        waits, no host synchronisation."""
+        with device_guard(self.device) as dev:
+            if self.stream is None:
+                yield dev
+                return
+            caller = torch.cuda.current_stream(dev)
+            self.stream.wait_stream(caller)
+            try:
+                with torch.cuda.stream(self.stream):
+                    yield dev
+            finally:
+                caller.wait_stream(self.stream)
 
     def run(self, planes: np.ndarray, compute: Compute) -> tuple[list[np.ndarray], dict[str, float]]:
         """Outputs for ``planes`` (n <= batch rows) in host memory, and the stage times in ms."""
-        with device_guard(self.device):
+        with self.active():
             clock = self.clock
             clock.mark(0)
             n = self.upload(planes)

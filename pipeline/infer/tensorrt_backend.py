@@ -1,10 +1,16 @@
-"""TensorRT through torch-tensorrt 2.11 (dynamo frontend, ahead of time), cached on disk as an ExportedProgram.
+"""TensorRT through torch-tensorrt (dynamo frontend, ahead of time), cached on disk as an ExportedProgram.
+
+Versions: torch-tensorrt is built for one torch minor. setup.cfg's ``[gpu]`` extra pins ``torch-tensorrt~=2.13.0`` for
+the torch 2.13 install; the GPU machine lent to this project has torch 2.11, where torch-tensorrt 2.11 is the match.
+The calls here are written to 2.11's API (the notes below say "2.11" where a behaviour was read there). Neither
+version could be installed in this environment (TensorRT is not downloadable here): nothing below has run.
 
 The core (float32 pixels -> outputs) is exported with static shapes and compiled whole into one engine
 (``require_full_compilation``); a graph TensorRT cannot take entirely is refused with the ops that would have run
 in torch, never run as a hybrid under the TensorRT label. The engine is strongly typed (``use_explicit_typing``,
-the 2.11 default): the ViT in the requested precision, LayerNorm and labelling in fp32 exactly as the graph's casts
-say, so TensorRT cannot pick fp16 LayerNorm kernels that overflow; ``enabled_precisions`` is therefore left unset
+the 2.11 default): the ViT in the requested precision, LayerNorm in fp32 for fp16 (bf16 in a bf16 engine: no
+overflow in fp32's exponent range) and labelling in fp32 exactly as the graph's casts say, so TensorRT cannot pick
+fp16 LayerNorm kernels that overflow; ``enabled_precisions`` is therefore left unset
 (2.11 asserts it is only fp32 under explicit typing). ``disable_tf32`` keeps every fp32 layer (the whole fp32
 ViT, and LayerNorm and the distances of reduced-precision engines) in true fp32. (torch leaves cuDNN's TF32 on for
 convolutions by default: the torch backend's patch embedding may run in TF32 on Ampere and later.)
@@ -161,9 +167,10 @@ class TensorRTBackend(StagedBackend):
         trt = import_torch_tensorrt()
         key = self.deployment.key("tensorrt", outputs=self.outputs, batch=self.batch, precision=self.precision, device=self.device)
         with device_guard(dev) as dev:
-            path, self.cache_hit = self.cache.fetch(key, ".ep", lambda p: self._build(trt, dev, p))
-            with path.open("rb") as f:  # a buffer: torch.export warns on (and means to refuse) names not ending .pt2
-                loaded = trt.load(f).module()  # torch_tensorrt is imported, so its engine class and op resolve
+            path, self.cache_hit = self.cache.fetch(key, ".pt2", lambda p: self._build(trt, dev, p))
+            # a path, not a file object: torch_tensorrt.load tries TorchScript first and would hand torch.export a
+            # consumed file; torch.export wants names ending .pt2
+            loaded = trt.load(str(path)).module()  # torch_tensorrt is imported, so its engine class and op resolve
             self._engine = CudaGraphMode.acquire(trt, loaded)
             self._release = weakref.finalize(self, CudaGraphMode.release)
             self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
@@ -219,5 +226,4 @@ class TensorRTBackend(StagedBackend):
         ops, engines = torch_fallbacks(compiled, lambda _, module: isinstance(module, engine_types))
         if ops or engines != 1:  # e.g. no convertible op at all: 2.11 then returns the torch graph unchanged
             raise BackendUnavailable(refusal(ops, engines))
-        with path.open("wb") as f:  # torch_tensorrt.save hands the file to torch.export.save, which takes buffers
-            trt.save(compiled, f, output_format="exported_program", arg_inputs=[example])
+        trt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example])  # a path ending .pt2 (see load)

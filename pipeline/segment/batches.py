@@ -18,7 +18,7 @@ from models.vit import DinoViT
 from models.weights import WeightsIdentity
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
-from pipeline.infer.select import BackendSpec, select_backend
+from pipeline.infer.select import BackendSpec, Gate, select_backend
 from pipeline.segment.segmenter import BoneSegmenter
 
 
@@ -64,14 +64,14 @@ class StaticBatches:
 
 def build_static_batches(
     model: DinoViT, identity: WeightsIdentity, reference: Reference, spec: BackendSpec, *, refine: str | None = None,
-    cache: EngineCache | None = None,
+    cache: EngineCache | None = None, gate: Gate | None = None,
 ) -> StaticBatches:
     """An engine for each of ``static_sizes(spec.batch)`` from one deployment, each built, warmed up and (on CUDA)
     captured before any frame; ``model`` is only read (every engine copies what it needs onto its device)."""
     deployment = Deployment.from_reference(model, identity.label, reference)
     segmenters = {}
     for size in static_sizes(spec.batch):
-        selection = select_backend(replace(spec, batch=size), deployment, cache)
+        selection = select_backend(replace(spec, batch=size), deployment, cache, gate=gate)
         segmenters[size] = BoneSegmenter(reference, selection.backend, identity, refine)
         segmenters[size].selection = selection
         # auto chooses once, at the first size: a frame's labels must not depend on the batch it lands in

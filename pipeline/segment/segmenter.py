@@ -29,7 +29,7 @@ from pipeline.choices import REFINEMENTS
 from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
-from pipeline.infer.select import BackendSpec, Selection, select_backend
+from pipeline.infer.select import BackendSpec, Gate, Selection, select_backend
 from pipeline.infer.staging import HostMirror, StageClock, StaticInput, ready
 from pipeline.segment.refine import GrabCutRefiner
 from pipeline.segment.render import RANDOM_STAMP, build_renderer
@@ -48,6 +48,7 @@ class Prediction:
     mask: Array  # frame-size uint8, 0 or 255, zeros outside the ROI
     overlay: Array | None = None  # frame-size x 3 RGB uint8, when asked for
     timings_ms: dict[str, float] = field(default_factory=dict)
+    ready: torch.cuda.Event | None = None  # device tensors on CUDA: recorded after the last write to them, on their stream
 
     @property
     def foreground_fraction(self) -> float:
@@ -108,26 +109,27 @@ class BoneSegmenter:
         cache: EngineCache | None = None,
         allow_download: bool = True,
         progress: bool = True,
+        sdpa: str = "auto",
     ) -> "BoneSegmenter":
         """``backend``: torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, or auto (fastest here, with
         every fallback reported in ``selection``); ``batch`` is the engines' static batch size; ``refine="grabcut"``
-        refines each mask on the host (pipeline.segment.refine). ``weights`` None: the weights the reference records
+        refines each mask on the host (pipeline.segment.refine); ``sdpa`` forces an attention kernel (torch backends). ``weights`` None: the weights the reference records
         (Reference.weights_spec); others are refused unless they are the same. Everything is built, warmed up and (on CUDA)
         captured here, before any frame."""
         ref = reference if isinstance(reference, Reference) else Reference.load(reference)
         spec = ref.weights_spec() if weights is None else weights  # the reference's own weights unless others are named
         model, identity = load_model(spec, allow_download=allow_download, progress=progress)
-        return cls.from_model(ref, model, identity, BackendSpec(backend, device, precision, batch), refine=refine, cache=cache)
+        return cls.from_model(ref, model, identity, BackendSpec(backend, device, precision, batch, sdpa=sdpa), refine=refine, cache=cache)
 
     @classmethod
     def from_model(
         cls, reference: Reference, model: DinoViT, identity: WeightsIdentity, spec: BackendSpec, *, refine: str | None = None,
-        cache: EngineCache | None = None,
+        cache: EngineCache | None = None, gate: Gate | None = None,
     ) -> "BoneSegmenter":
         """A segmenter on a model already loaded (``model`` is only read: the engine copies what it needs), so one
         process can serve several references or frame sizes with one set of weights."""
         deployment = Deployment.from_reference(model, identity.label, reference)
-        selection = select_backend(spec, deployment, cache)
+        selection = select_backend(spec, deployment, cache, gate=gate)
         segmenter = cls(reference, selection.backend, identity, refine)
         segmenter.selection = selection
         return segmenter
@@ -146,7 +148,7 @@ class BoneSegmenter:
         planes, gray = self._host_inputs(frames, names, overlay)
         prepare_ms = (time.perf_counter() - start) * 1e3 / max(1, len(planes))
         out: list[Prediction] = []
-        with torch.inference_mode(), device_guard(self.device):
+        with torch.inference_mode(), self.backend.staging.active():  # the engine's own stream, as its calls use
             for first in range(0, len(planes), self.batch):
                 chunk = slice(first, first + self.batch)
                 out += self._run(planes[chunk], None if gray is None else gray[chunk], overlay, tensors)
@@ -195,17 +197,19 @@ class BoneSegmenter:
         clock.mark(step)
         rendered = self.render_both(self.patches, self.frames) if overlay else self.render_mask(self.patches)
         clock.mark(step + 1)
+        ready = None
         if tensors:
             with torch.inference_mode(False):  # ordinary tensors: the caller may write to them or track gradients
-                results = [t[:n].clone() for t in (flags, margin, *rendered)]
+                results = [flags[:n].bool(), *(t[:n].clone() for t in (margin, *rendered))]
+            if self.device.type == "cuda":  # every write above is before this event: a reader on another stream waits on it
+                ready = torch.cuda.Event()
+                ready.record()
         else:
             results = [self.mirror.start(i, t) for i, t in enumerate((flags, margin, *rendered))]
         clock.mark(step + 2)
         timings = {k: v / n for k, v in clock.elapsed_ms().items()}
         if not tensors:
             results = [HostMirror.numpy(t, n) for t in results]
+            results[0] = results[0].astype(bool)
         flags_, margins, masks, *overlays = results
-        return [
-            Prediction(flags_[i].bool() if tensors else flags_[i].astype(bool), margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings))
-            for i in range(n)
-        ]
+        return [Prediction(flags_[i], margins[i], masks[i], overlays[0][i] if overlays else None, dict(timings), ready) for i in range(n)]
