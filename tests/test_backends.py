@@ -225,3 +225,10 @@ def test_cuda_engines_run_on_their_own_stream_with_tf32(deployment, frames) -> N
     assert getattr(matmul, "fp32_precision", None) == "tf32" or matmul.allow_tf32  # set at build, in one place
     mask, _ = backend(frames)
     assert np.mean(mask == TorchBackend(deployment, batch=2)(frames)[0]) >= 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(), reason=NO_CUDA)
+def test_onnxruntime_cuda_launches_on_the_engine_stream(deployment, tmp_path: Path) -> None:
+    backend = make_backend(BackendSpec("onnxruntime", "cuda", batch=2), deployment, EngineCache(tmp_path))
+    options = backend.session.get_provider_options()["CUDAExecutionProvider"]
+    assert options["user_compute_stream"] == str(backend.staging.stream.cuda_stream)  # not the legacy default stream
