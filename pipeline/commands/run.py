@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.publish.igtl_server import IgtlServer
     from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, ZmqOutput
     from pipeline.publish.publisher import LosslessSender, Publisher
+    from pipeline.handoff import StopClock
     from pipeline.run import Pipeline, RunConfig
     from pipeline.status import StatusLine, pipeline_status
 
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     seg = load_segmenter(args, reference)
     announce_weights(seg.weights.label)
     clear_report(args.report)
+    clock = StopClock()  # the pipeline's and every output's that waits itself: a signal ends the run within its grace
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"publishing on {args.publish} (topic bonestream/{args.stream_id}){' with CURVE' if curve else ''}")
             wait_for_subscribers(args, publisher)
         if args.lossless:
-            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
+            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout, clock))
             print(f"lossless PUSH on {args.lossless}")
         if args.igtl:
             server = IgtlServer(*args.igtl, insecure=args.insecure)
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, output_timeout=args.wait_timeout,
             make_message=MessageFactory(seg, args.stream_id),
         )
-        pipeline = Pipeline(source, seg, outputs, config)
+        pipeline = Pipeline(source, seg, outputs, config, clock=clock)
         _stop_on_signals(pipeline)
         with StatusLine(pipeline_status(pipeline), enabled=args.progress):
             summary = pipeline.run()
