@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--igtl", type=host_port, nargs="?", const=str(IGTL_PORT), default=None, metavar="[HOST:]PORT",
         help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {LOOPBACK}:{IGTL_PORT}; loopback unless --insecure)",
     )
+    p.add_argument(
+        "--igtl-version", type=int, choices=(1, 2), default=1,
+        help="--igtl header version: 1 (default) every OpenIGTLink reader takes; 2 adds OpenIGTLink 3's metadata (frame id, stream, clocks)",
+    )
     p.add_argument("--spacing", type=POSITIVE, default=None, metavar="MM", help="mm per pixel for --igtl when the source states none (default 1.0)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
@@ -163,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"lossless PUSH on {args.lossless}")
         if args.igtl:
             server = IgtlServer(*args.igtl, insecure=args.insecure)
-            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing))
+            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing, header_version=args.igtl_version))
             print(f"OpenIGTLink server on {server.address} (devices Image, Prediction)")
         outputs += file_outputs(args, source, args.record, args.masks)
         config = RunConfig(
