@@ -346,3 +346,46 @@ def test_a_signal_ends_a_run_within_the_stop_grace_whatever_an_output_waits_for(
     assert summary["interrupted"] and lossless["written"] == 0
     assert lossless["dropped"] + lossless["failed"] == summary["processed"]
     assert "lossless frame 0:" in out  # named by id
+
+
+def _cap_address_space() -> None:
+    """A command under test that does try to outgrow the machine fails here (MemoryError) instead of the kernel
+    killing whatever else runs on it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))
+
+
+@pytest.mark.parametrize("command", [
+    ["pipeline.cli", "adapt", "{images}", "--out", "{tmp}/a.pth", "--init", "random:0", "--batch-size", "4096", "--no-progress"],
+    ["pipeline.cli", "run", "phantom:3", "--reference", "{ref}", "--weights", "random:0", "--no-publish", "--batch-size", "1000000",
+     "--report", "{tmp}/r", "--no-progress"],
+    ["pipeline.cli", "bench", "--batch-sizes", "1,1000000", "--out", "{tmp}/b"],
+    ["benchmarks.multistream", "--streams", "1,1000000", "--out", "{tmp}/m"],
+    ["pipeline.cli", "archive", "{images}", "--reference", "{ref}", "--out", "{tmp}/arch", "--workers", "4096", "--no-progress"],
+], ids=["adapt-batch", "run-batch", "bench-batches", "multistream-streams", "archive-workers"])
+def test_a_command_that_would_outgrow_the_machine_is_refused_before_the_work(phantom_ref, tmp_path: Path, command: list[str]) -> None:
+    """Batches, streams and workers no machine holds: one line naming the estimate and a setting that fits, exit 2,
+    before any model loads (pipeline/memory.py)."""
+    import subprocess
+    import sys
+
+    if "archive" in command:
+        pytest.importorskip("ray")
+    images, ref = phantom_ref
+    argv = [a.format(images=images, ref=ref, tmp=tmp_path) for a in command]
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300, preexec_fn=_cap_address_space)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "needs about" in err or "each loads its own model" in err, err
+    assert " fits" in err and "weights:" not in proc.stdout, err  # a setting that fits; the model was never loaded
+
+
+def test_the_adapt_estimate_covers_the_run_the_kernel_killed() -> None:
+    """adapt's defaults (batch 32, 2 x 224 + 6 x 96 crops, 65536 prototypes) reached 23.4 GB RSS on a 24 GB machine
+    before the kernel killed them: the estimate is at least that, and the tiny run the tests use fits in 2 GB."""
+    from pipeline.memory import GB, AdaptSize
+
+    assert AdaptSize(32, 224, 96, 6, 65536).bytes(cuda=False) > 23.4 * GB
+    assert AdaptSize(2, 32, 16, 1, 64).bytes(cuda=False) < 2 * GB

@@ -134,6 +134,9 @@ class WorkerPool:
         try:  # a worker that cannot build its segmenter (weights, device) fails here, once, before any recording
             ray.get([a.pid.remote() for a in self.actors])
         except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.OutOfMemoryError) or "memory" in str(exc).lower():
+                raise BonestreamError(f"a worker could not start: out of memory (Ray stops workers at 95 % of the node's memory; "
+                                      f"each of the {count} loads its own model): pass fewer --workers") from None
             raise BonestreamError(f"a worker could not start: {_cause(exc)}") from None
 
     def replace(self, dead: Any) -> Any:

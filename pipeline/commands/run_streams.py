@@ -27,6 +27,7 @@ from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file
 from pipeline.infer.select import BackendSpec
 from pipeline.handoff import StopClock
 from pipeline.latency import STAGES
+from pipeline.memory import check_inference
 from pipeline.publish.curve import server_from_args
 from pipeline.publish.files import write_json_atomic
 from pipeline.publish.message import topic
@@ -87,6 +88,8 @@ def run_streams(args: argparse.Namespace) -> int:
             stack.callback(sources[-1].close)
         for path in refs:
             refs[path] = fit_reference(refs[path], [src for s, src in zip(specs, sources) if s.reference == path])
+        for ref in refs.values():  # each reference gets its own engines
+            check_inference(args.device, args.batch_size * len(refs), ref.geometry.input_size, ref.geometry.stride, "--batch-size")
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
         announce_weights(identity.label)
