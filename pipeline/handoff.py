@@ -130,6 +130,11 @@ class StopClock:
         """``timeout`` cut to what is left of the grace."""
         return min(timeout, self.left())
 
+    def overtime(self) -> float:
+        """Seconds a write already under way when the grace ended may still take (a second grace, shared by all), so
+        an output is closed after its frame rather than left open under it; 0 once aborted."""
+        return 0.0 if self.aborted.is_set() else max(0.0, self._deadline + self.grace - time.monotonic())
+
 
 class SinkWorker(Generic[T]):
     """One output on its own thread behind its own bounded hand-off, so a slow disk or consumer delays neither
@@ -198,7 +203,8 @@ class SinkWorker(Generic[T]):
     def _loop(self) -> None:
         while (item := self.queue.get()) is not _END:
             with self._lock:
-                if self._abandoned:
+                if self._abandoned:  # taken as close() gave up: never written, so dropped
+                    self.queue.dropped.append(self.frame_id(item))
                     return
                 self._current = self.frame_id(item)
             error = self._stopped
@@ -226,22 +232,36 @@ class SinkWorker(Generic[T]):
                     self.on_written(item)
 
     def close(self, timeout: float) -> list[str]:
-        """Let the queue drain (at most ``timeout`` s, cut to the stop clock's grace), then close the output. An
-        output still writing then is left open (closing it under its writer would corrupt it): its queued frames
-        count as dropped, the frame it is writing as failed. Returns what went wrong."""
+        """Let the queue drain (at most ``timeout`` s, cut to the stop clock's grace), then close the output. What is
+        still queued then counts as dropped; once stopping, a frame under way gets the clock's overtime to finish, so
+        the output closes after it (a recording stays playable). An output still writing then is left open (closing it
+        under its writer would corrupt it) and that frame counts as failed. Returns what went wrong."""
         self.queue.put(_END, force=True)
         timeout = self.clock.bound(timeout)
         self._thread.join(timeout)
+        errors: list[str] = []
+        if self._thread.is_alive() and self.clock.stopping.is_set():  # no more frames: only the one under way may finish
+            pending = [i for i in self.queue.drain() if i is not _END]
+            self.queue.dropped.extend(self.frame_id(i) for i in pending)
+            self.queue.put(_END, force=True)
+            if pending:
+                errors.append(f"{self.name}: {len(pending)} queued frames dropped after the stop's {self.clock.grace:g} s grace")
+            self._thread.join(self.clock.overtime())
         if self._thread.is_alive():
+            waited = f"the stop's {self.clock.grace:g} s grace" if self.clock.stopping.is_set() else f"{timeout:g} s"
             with self._lock:
                 self._abandoned = True
                 pending = [i for i in self.queue.drain() if i is not _END]
                 self.queue.dropped.extend(self.frame_id(i) for i in pending)
-                if self._current is not None:
-                    self.failed.append((self._current, f"still being written after {timeout:g} s when the run closed"))
-            return [f"{self.name}: still writing after {timeout:g} s; left open, {len(pending)} queued frames dropped"]
+                writing = self._current
+                if writing is not None:
+                    self.failed.append((writing, f"still being written after {waited} when the run closed"))
+            if writing is not None:
+                return [*errors, f"{self.name}: still writing after {waited}; left open, {len(pending)} queued frames dropped"]
+            if pending:  # between frames, it writes no more: closed below
+                errors.append(f"{self.name}: {len(pending)} queued frames dropped after {waited}")
         try:
             self.sink.close()
         except Exception as exc:
-            return [f"{self.name} close: {exc.__class__.__name__}: {exc}"]
-        return []
+            errors.append(f"{self.name} close: {exc.__class__.__name__}: {exc}")
+        return errors
