@@ -138,3 +138,17 @@ def check_workers(workers: int, batch: int, input_size: tuple[int, int], stride:
     remedy = f"--workers {fits} fits" if fits else "not even one fits: free memory or use a smaller --batch-size"
     raise BonestreamError(f"--workers {workers}: each loads its own model (about {_gb(per)}), {_gb(workers * per)} in all, "
                           f"{_gb(free / HEADROOM)} available on this machine: {remedy}")
+
+
+def check_queues(queue_size: int, streams: int, frame_size: tuple[int, int]) -> None:
+    """Refuse a ``--queue-size`` whose hand-offs could hold more frames than the host has room for: a replay fills
+    each stream's two hand-offs when inference is the slower stage (frames as read, up to RGB, and their results)."""
+    h, w = frame_size
+    per_frame = 2 * h * w * 3  # the frame, and its result's mask and overlay
+    need, free = streams * 2 * queue_size * per_frame, available("cpu") * HEADROOM
+    if need <= free:
+        return
+    fits = int(free // (streams * 2 * per_frame))
+    remedy = f"--queue-size {fits} fits" if fits else "fewer streams do"
+    raise BonestreamError(f"--queue-size {queue_size}: {streams} stream(s) x 2 hand-offs of {h}x{w} frames may hold about {_gb(need)}, "
+                          f"{_gb(free / HEADROOM)} available on this machine: {remedy}")

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, ZmqOutput
     from pipeline.publish.publisher import LosslessSender, Publisher
     from pipeline.handoff import StopClock
-    from pipeline.memory import check_inference
+    from pipeline.memory import check_inference, check_queues
     from pipeline.run import Pipeline, RunConfig
     from pipeline.status import StatusLine, pipeline_status
 
@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     check_binds(args, curve)
     source, reference = _open(args)
     check_inference(args.device, args.batch_size, reference.geometry.input_size, reference.geometry.stride, "--batch-size")
+    check_queues(args.queue_size, 1, reference.geometry.frame_size)
     seg = load_segmenter(args, reference)
     announce_weights(seg.weights.label)
     clear_report(args.report)

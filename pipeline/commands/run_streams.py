@@ -27,7 +27,7 @@ from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file
 from pipeline.infer.select import BackendSpec
 from pipeline.handoff import StopClock
 from pipeline.latency import STAGES
-from pipeline.memory import check_inference
+from pipeline.memory import check_inference, check_queues
 from pipeline.publish.curve import server_from_args
 from pipeline.publish.files import write_json_atomic
 from pipeline.publish.message import topic
@@ -89,7 +89,8 @@ def run_streams(args: argparse.Namespace) -> int:
         for path in refs:
             refs[path] = fit_reference(refs[path], [src for s, src in zip(specs, sources) if s.reference == path])
         for ref in refs.values():  # each reference gets its own engines
-            check_inference(args.device, args.batch_size * len(refs), ref.geometry.input_size, ref.geometry.stride, "--batch-size")
+            check_inference(args.device, args.batch_size, ref.geometry.input_size, ref.geometry.stride, "--batch-size")
+        check_queues(args.queue_size, len(specs), max((r.geometry.frame_size for r in refs.values()), key=lambda s: s[0] * s[1]))
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
         announce_weights(identity.label)
