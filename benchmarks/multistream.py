@@ -15,6 +15,7 @@ With random weights (the default; nothing else is needed for latency) every outp
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from benchmarks.frames import FrameSet, default_clip, load_frames  # noqa: E402
 from benchmarks.report import describe_device, device_info  # noqa: E402
 from benchmarks.runner import Wire  # noqa: E402
 from benchmarks.targets import check_multistream_targets  # noqa: E402
+from models.errors import BonestreamError  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from pipeline.capture.frame import Frame, Source  # noqa: E402
 from pipeline.capture.live import LiveReplay  # noqa: E402
@@ -39,6 +41,7 @@ from pipeline.choices import default_precision  # noqa: E402
 from pipeline.commands.numbers import BATCH_DELAY_MS, FPS, POSITIVE, POSITIVE_INT, input_size, listed  # noqa: E402
 from pipeline.infer.select import BackendSpec  # noqa: E402
 from pipeline.latency import STAGES, latency_report  # noqa: E402
+from pipeline.memory import check_inference  # noqa: E402
 from pipeline.publish.files import write_bytes_atomic, write_figure, write_json_atomic  # noqa: E402
 from pipeline.publish.outputs import MessageFactory, ZmqOutput  # noqa: E402
 from pipeline.publish.publisher import SharedSender  # noqa: E402
@@ -231,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     given = {"streams": args.streams and tuple(args.streams), "fps": args.fps, "seconds": args.seconds, "input_size": args.input_size,
              "backend": args.backend, "precision": args.precision, "max_batch_delay_ms": args.max_batch_delay, "weights": args.weights}
     s = replace(s, **{k: v for k, v in given.items() if v is not None})
+    try:  # engines up to one frame per stream, checked before the model loads
+        check_inference(s.device, max(s.streams), s.input_size, 8, "--streams")
+    except BonestreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"multistream: {', '.join(map(str, s.streams))} streams x {s.fps:g} fps, {s.seconds:g} s each, input {s.input_size[0]}x{s.input_size[1]} on {s.device}"
           + (f" ({clip.name})" if (clip := default_clip()) else " (phantom)"), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

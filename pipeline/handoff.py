@@ -97,7 +97,43 @@ class Sink(Protocol[T]):
 
 
 _END = object()
-STOP_GRACE_S = 10.0  # once a run is stopping (a signal), the longest an output is waited for, per frame and to close
+STOP_GRACE_S = 2.0  # once a run is stopping (a signal), every wait ends by this long after the stop, all waits together
+
+
+class StopClock:
+    """One deadline for a stopping run. Before a stop, waits keep their own timeouts; from the first ``stop()`` every
+    wait (a hand-off, a send to a consumer, a thread join, a socket's linger) ends by stop + ``grace`` at the
+    latest, so a stop takes ``grace`` in all, not a grace per output and per frame; after a second ``stop()``
+    (abort) nothing waits at all."""
+
+    def __init__(self, grace: float = STOP_GRACE_S) -> None:
+        self.grace = grace
+        self.stopping = threading.Event()
+        self.aborted = threading.Event()
+        self._deadline = float("inf")
+
+    def stop(self) -> None:
+        """First call: start the grace; a second: abort (safe from a signal handler)."""
+        if self.stopping.is_set():
+            self.aborted.set()
+            return
+        self._deadline = time.monotonic() + self.grace
+        self.stopping.set()
+
+    def left(self) -> float:
+        """Seconds any wait may still take: unbounded before a stop, what is left of the grace after, 0 once aborted."""
+        if self.aborted.is_set():
+            return 0.0
+        return max(0.0, self._deadline - time.monotonic())
+
+    def bound(self, timeout: float) -> float:
+        """``timeout`` cut to what is left of the grace."""
+        return min(timeout, self.left())
+
+    def overtime(self) -> float:
+        """Seconds a write already under way when the grace ended may still take (a second grace, shared by all), so
+        an output is closed after its frame rather than left open under it; 0 once aborted."""
+        return 0.0 if self.aborted.is_set() else max(0.0, self._deadline + self.grace - time.monotonic())
 
 
 class SinkWorker(Generic[T]):
@@ -106,14 +142,13 @@ class SinkWorker(Generic[T]):
 
     ``lossless``: the producer waits for room, at most ``put_timeout`` s; an output that let that pass is stalled
     and its frames are dropped without waiting until it takes one again, so a dead consumer costs one timeout, not
-    one per frame. Otherwise the oldest queued item is dropped. Once ``abort`` is set nothing waits at all.
+    one per frame. Otherwise the oldest queued item is dropped. Once ``clock`` stops, waits end by its deadline.
     An output whose disk is full stops (one line) rather than failing every later frame with the same error; those
     frames are counted as failed. ``on_written`` runs on this worker after each successful write."""
 
     def __init__(
         self, sink: Sink[T], *, capacity: int, lossless: bool, frame_id: Callable[[Any], int], put_timeout: float = 30.0,
-        on_written: Callable[[T], None] | None = None, abort: threading.Event | None = None,
-        stopping: threading.Event | None = None,
+        on_written: Callable[[T], None] | None = None, clock: StopClock | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -122,8 +157,7 @@ class SinkWorker(Generic[T]):
         self.queue: Handoff[T] = Handoff(f"output:{sink.name}", capacity, not lossless, frame_id)
         self.frame_id = frame_id
         self.on_written = on_written
-        self.abort = abort or threading.Event()
-        self.stopping = stopping or threading.Event()
+        self.clock = clock or StopClock()
         self.written = 0
         self.failed: list[tuple[int, str]] = []  # (frame id, error)
         self._stalled = False
@@ -139,12 +173,12 @@ class SinkWorker(Generic[T]):
     def dropped(self) -> array:
         return self.queue.dropped
 
-    def _patience(self) -> float:
-        """How long a lossless hand-off may wait for room now: the timeout; less once the run is stopping, so a
-        signal ends a run within seconds; nothing once stalled or aborted."""
-        if self._stalled or self.abort.is_set():
+    def _left(self, start: float) -> float:
+        """How long a lossless hand-off begun at ``start`` may still wait for room: the rest of the timeout, cut to
+        the stop clock's grace once the run is stopping; nothing once stalled."""
+        if self._stalled:
             return 0.0
-        return min(self.put_timeout, STOP_GRACE_S) if self.stopping.is_set() else self.put_timeout
+        return self.clock.bound(max(0.0, start + self.put_timeout - time.monotonic()))
 
     def submit(self, item: T) -> None:
         if not self.lossless:
@@ -153,13 +187,13 @@ class SinkWorker(Generic[T]):
         start = time.monotonic()
         while True:  # in short slices, so a stop or an abort shortens a wait already under way
             try:
-                self.queue.put(item, timeout=min(0.1, max(0.0, start + self._patience() - time.monotonic())))
+                self.queue.put(item, timeout=min(0.1, self._left(start)))
                 self._stalled = False
                 return
             except Stopped:
                 break
             except TimeoutError:
-                if time.monotonic() >= start + self._patience():
+                if self._left(start) <= 0:
                     break
         if not self._stalled:
             log.warning("output %s took no frame for %.3g s: dropping its frames until it takes one again", self.name, time.monotonic() - start)
@@ -169,7 +203,8 @@ class SinkWorker(Generic[T]):
     def _loop(self) -> None:
         while (item := self.queue.get()) is not _END:
             with self._lock:
-                if self._abandoned:
+                if self._abandoned:  # taken as close() gave up: never written, so dropped
+                    self.queue.dropped.append(self.frame_id(item))
                     return
                 self._current = self.frame_id(item)
             error = self._stopped
@@ -197,21 +232,36 @@ class SinkWorker(Generic[T]):
                     self.on_written(item)
 
     def close(self, timeout: float) -> list[str]:
-        """Let the queue drain (at most ``timeout`` s), then close the output. An output still writing then is left
-        open (closing it under its writer would corrupt it): its queued frames count as dropped, the frame it is
-        writing as failed. Returns what went wrong."""
+        """Let the queue drain (at most ``timeout`` s, cut to the stop clock's grace), then close the output. What is
+        still queued then counts as dropped; once stopping, a frame under way gets the clock's overtime to finish, so
+        the output closes after it (a recording stays playable). An output still writing then is left open (closing it
+        under its writer would corrupt it) and that frame counts as failed. Returns what went wrong."""
         self.queue.put(_END, force=True)
+        timeout = self.clock.bound(timeout)
         self._thread.join(timeout)
+        errors: list[str] = []
+        if self._thread.is_alive() and self.clock.stopping.is_set():  # no more frames: only the one under way may finish
+            pending = [i for i in self.queue.drain() if i is not _END]
+            self.queue.dropped.extend(self.frame_id(i) for i in pending)
+            self.queue.put(_END, force=True)
+            if pending:
+                errors.append(f"{self.name}: {len(pending)} queued frames dropped after the stop's {self.clock.grace:g} s grace")
+            self._thread.join(self.clock.overtime())
         if self._thread.is_alive():
+            waited = f"the stop's {self.clock.grace:g} s grace" if self.clock.stopping.is_set() else f"{timeout:g} s"
             with self._lock:
                 self._abandoned = True
                 pending = [i for i in self.queue.drain() if i is not _END]
                 self.queue.dropped.extend(self.frame_id(i) for i in pending)
-                if self._current is not None:
-                    self.failed.append((self._current, f"still being written after {timeout:g} s when the run closed"))
-            return [f"{self.name}: still writing after {timeout:g} s; left open, {len(pending)} queued frames dropped"]
+                writing = self._current
+                if writing is not None:
+                    self.failed.append((writing, f"still being written after {waited} when the run closed"))
+            if writing is not None:
+                return [*errors, f"{self.name}: still writing after {waited}; left open, {len(pending)} queued frames dropped"]
+            if pending:  # between frames, it writes no more: closed below
+                errors.append(f"{self.name}: {len(pending)} queued frames dropped after {waited}")
         try:
             self.sink.close()
         except Exception as exc:
-            return [f"{self.name} close: {exc.__class__.__name__}: {exc}"]
-        return []
+            errors.append(f"{self.name} close: {exc.__class__.__name__}: {exc}")
+        return errors

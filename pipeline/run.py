@@ -27,7 +27,7 @@ import torch
 
 from models.errors import FrameError, FrameSizeError
 from pipeline.capture.frame import Frame, Source
-from pipeline.handoff import STOP_GRACE_S, Handoff, SinkWorker, Stopped
+from pipeline.handoff import Handoff, SinkWorker, StopClock, Stopped
 from pipeline.latency import LatencyLog
 from pipeline.publish.encode import encode_prediction, warm_encoder
 from pipeline.segment.batches import StaticBatches
@@ -89,7 +89,7 @@ class RunConfig:
     queue_size: int = 2  # frames held between stages
     output_queue: int = 8  # frames held before each output
     output_timeout: float = 30.0  # a lossless output that takes no frame for this long loses it (counted)
-    close_timeout: float = 30.0  # at the end, time each output gets to drain its queue
+    close_timeout: float = 30.0  # at the end, time each output gets to drain its queue (after a stop: the stop's grace)
     batch_size: int = 1  # frames an engine call takes at most (at least the engines' largest static batch)
     max_batch_delay_ms: float = 0.0  # how long a partial batch waits for more frames after its first
     make_message: Callable[[Result], Any] | None = None  # Result -> FrameMessage (publish.outputs.MessageFactory)
@@ -247,14 +247,14 @@ class Stream:
         if self.make_message is not None:
             result.message = self.make_message(result)
 
-    def encode_stage(self, abort: threading.Event) -> None:
+    def encode_stage(self, clock: StopClock) -> None:
         stream = torch.cuda.stream(self._encode_stream) if self._encode_stream is not None else nullcontext()
         with stream:
             while True:
                 try:
                     result = self.to_encode.get(timeout=0.2)
                 except TimeoutError:
-                    if abort.is_set():  # e.g. inference wedged: the run ends all the same
+                    if clock.stopping.is_set() and clock.left() <= 0:  # e.g. inference wedged: the run ends all the same
                         return
                     continue
                 if result is _END:
@@ -277,23 +277,22 @@ class Stream:
         if self.on_result is not None:
             self.on_result(result)
 
-    def start_outputs(self, abort: threading.Event) -> None:
+    def start_outputs(self, clock: StopClock) -> None:
         c = self.config
         self.workers = [
             SinkWorker(o, capacity=c.output_queue, lossless=o.lossless and not self.live, frame_id=_frame_id, put_timeout=c.output_timeout,
-                       on_written=self.published if i == 0 else None, abort=abort, stopping=self.stop)
+                       on_written=self.published if i == 0 else None, clock=clock)
             for i, o in enumerate(self.outputs)
         ]
 
-    def close(self, abort: threading.Event) -> None:
-        """After the stages: what an abort left queued counts as dropped, outputs close, every frame is accounted."""
-        for h in (self.to_infer, self.to_encode):  # only an abort leaves frames here: they count as dropped
+    def close(self, in_flight: Sequence[Frame] = ()) -> None:
+        """After the stages: what a stop's grace left queued, or still ``in_flight`` in the frame path, counts as
+        dropped; outputs close (each within what is left of the grace once stopping); every frame is accounted."""
+        for h in (self.to_infer, self.to_encode):
             h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
-        # a signal ends the run within seconds: outputs get a short grace, none after a second signal
-        c = self.config
-        grace = 1.0 if abort.is_set() else STOP_GRACE_S if self.summary.interrupted else c.close_timeout
+        self.to_infer.dropped.extend(f.id for f in in_flight)
         for worker in self.workers:
-            self.summary.output_errors += worker.close(min(c.close_timeout, grace))
+            self.summary.output_errors += worker.close(self.config.close_timeout)
         self._account()
 
     def drop_counts(self) -> dict[str, int]:
@@ -354,23 +353,25 @@ class Pipeline:
     set, waits at most ``config.max_batch_delay_ms`` after the first frame for more, and runs the smallest static
     batch that holds them."""
 
-    def __init__(self, source: Source, segmenter: BoneSegmenter, outputs: Sequence[Output], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None) -> None:
-        self._setup([Stream(source, StaticBatches.single(segmenter), outputs, config)], config, on_result)
+    def __init__(self, source: Source, segmenter: BoneSegmenter, outputs: Sequence[Output], config: RunConfig = RunConfig(), *,
+                 on_result: Callable[[Result], None] | None = None, clock: StopClock | None = None) -> None:
+        self._setup([Stream(source, StaticBatches.single(segmenter), outputs, config)], config, on_result, clock)
 
     @classmethod
-    def of_streams(cls, streams: Sequence[Stream], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None) -> "Pipeline":
+    def of_streams(cls, streams: Sequence[Stream], config: RunConfig = RunConfig(), *, on_result: Callable[[Result], None] | None = None,
+                   clock: StopClock | None = None) -> "Pipeline":
         if not streams:
             raise ValueError("a run needs at least one stream")
         pipeline = cls.__new__(cls)
-        pipeline._setup(list(streams), config, on_result)
+        pipeline._setup(list(streams), config, on_result, clock)
         return pipeline
 
-    def _setup(self, streams: list[Stream], config: RunConfig, on_result: Callable[[Result], None] | None) -> None:
+    def _setup(self, streams: list[Stream], config: RunConfig, on_result: Callable[[Result], None] | None, clock: StopClock | None) -> None:
         self.streams = streams
         self.config = config
         self.on_result = on_result
-        self._stop = threading.Event()
-        self._abort = threading.Event()  # a second stop: nothing waits any longer
+        self.clock = clock or StopClock()  # outputs that wait themselves (the lossless channel) share it
+        self._in_flight: list[tuple[Stream, Frame]] = []  # the engine call under way
         self._arrivals = _Arrivals()
         self._turn = 0  # the stream the next batch starts from
         self.batches: Counter[int] = Counter()  # engine calls by frames in them (before padding)
@@ -386,11 +387,9 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop reading every stream (safe from a signal handler); frames already read are still processed and
-        published. A second call aborts: no output is waited for any longer and frames not yet through are counted
-        as dropped."""
-        if self._stop.is_set():
-            self._abort.set()
-        self._stop.set()
+        published within the clock's grace (a few seconds, all waits together). A second call aborts: nothing is
+        waited for any longer. Frames not through by then are counted as dropped, by id."""
+        self.clock.stop()
         for stream in self.streams:
             if not stream.end_sent:  # a stream that already ended was not interrupted
                 stream.interrupt()
@@ -469,6 +468,7 @@ class Pipeline:
         try:
             while batch := self._gather():
                 self.batches[len(batch)] += 1
+                self._in_flight = batch
                 done = self._predict(batch)
                 inferred = time.monotonic_ns()
                 for stream in {s for s, _ in batch}:
@@ -477,6 +477,7 @@ class Pipeline:
                         stream.refuse(stream.size_error)
                 for stream, frame, prediction in done:
                     stream.to_encode.put(Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"]))
+                self._in_flight = []
                 self._end_streams(lambda s: s.ended)
         except Stopped:
             pass
@@ -496,13 +497,13 @@ class Pipeline:
         started = time.monotonic()
         for stream in self.streams:
             stream.on_result = self._on_result
-            stream.start_outputs(self._abort)
+            stream.start_outputs(self.clock)
         named = len(self.streams) > 1
         threads = [threading.Thread(target=self._infer, name="bonestream-infer", daemon=True)]
         for i, s in enumerate(self.streams):
             suffix = f"-{i}" if named else ""
             threads.append(threading.Thread(target=s.capture, args=(self._arrivals.signal,), name=f"bonestream-capture{suffix}", daemon=True))
-        encoders = [threading.Thread(target=s.encode_stage, args=(self._abort,), name=f"bonestream-encode{f'-{i}' if named else ''}", daemon=True) for i, s in enumerate(self.streams)]
+        encoders = [threading.Thread(target=s.encode_stage, args=(self.clock,), name=f"bonestream-encode{f'-{i}' if named else ''}", daemon=True) for i, s in enumerate(self.streams)]
         for t in threads + encoders:
             t.start()
         try:
@@ -510,15 +511,15 @@ class Pipeline:
                 while t.is_alive():  # in slices: the main thread stays free for signal handlers
                     t.join(0.2)
         finally:
-            self._stop.set()
             for stream in self.streams:
                 stream.stop.set()
                 for h in (stream.to_infer, stream.to_encode):
                     h.close()
             for t in threads:
-                t.join(timeout=1 if self._abort.is_set() else 10)
+                t.join(timeout=self.clock.bound(10))
+            in_flight = self._in_flight if threads[0].is_alive() else []  # an engine call the grace did not wait for
             for stream in self.streams:
-                stream.close(self._abort)
+                stream.close([f for s, f in in_flight if s is stream])
                 stream.summary.wall_s = time.monotonic() - started
         return self.summary
 

@@ -314,3 +314,80 @@ def test_a_signal_stops_a_run_within_seconds(phantom_ref, tmp_path: Path, wait: 
     assert time.monotonic() - signalled < 45  # generous for a loaded machine; the waits themselves are 600 s and 200 s
     summary = json.loads((tmp_path / "r" / "run_summary.json").read_text())
     assert summary["interrupted"] and summary["read"] == summary["processed"]
+
+
+def test_a_signal_ends_a_run_within_the_stop_grace_whatever_an_output_waits_for(phantom_ref, tmp_path: Path) -> None:
+    """A lossless consumer that never comes, with the default 30 s --wait-timeout: SIGINT ends the run within a few
+    seconds in all (not the 30 s wait, nor a grace per output and per frame), and every frame the output did not
+    take is reported by id."""
+    import signal
+    import subprocess
+    import sys
+
+    images, ref = phantom_ref
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    argv = ["run", "phantom:400", "--reference", str(ref), "--weights", "random:0", "--no-publish", "--pace", "20",
+            "--lossless", address, "--report", str(tmp_path / "r"), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the engine is built and the output bound: frame 0 waits for a consumer
+        if line.startswith("lossless PUSH"):
+            break
+    time.sleep(3)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - signalled
+    assert took < 15, f"{took:.1f} s after SIGINT\n{out}"  # STOP_GRACE_S (2 s) and the report; generous for a loaded machine
+    summary = json.loads((tmp_path / "r" / "run_summary.json").read_text())
+    lossless = summary["outputs"]["lossless"]
+    assert summary["interrupted"] and lossless["written"] == 0
+    assert lossless["dropped"] + lossless["failed"] == summary["processed"]
+    assert "lossless frame 0:" in out  # named by id
+
+
+def _cap_address_space() -> None:
+    """A command under test that does try to outgrow the machine fails here (MemoryError) instead of the kernel
+    killing whatever else runs on it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))
+
+
+@pytest.mark.parametrize("command", [
+    ["pipeline.cli", "adapt", "{images}", "--out", "{tmp}/a.pth", "--init", "random:0", "--batch-size", "4096", "--no-progress"],
+    ["pipeline.cli", "run", "phantom:3", "--reference", "{ref}", "--weights", "random:0", "--no-publish", "--batch-size", "1000000",
+     "--report", "{tmp}/r", "--no-progress"],
+    ["pipeline.cli", "run", "phantom:3", "{images}", "--reference", "{ref}", "--weights", "random:0", "--no-publish", "--queue-size", "100000000",
+     "--report", "{tmp}/r", "--no-progress"],
+    ["pipeline.cli", "bench", "--batch-sizes", "1,1000000", "--out", "{tmp}/b"],
+    ["benchmarks.multistream", "--streams", "1,1000000", "--out", "{tmp}/m"],
+    ["pipeline.cli", "archive", "{images}", "--reference", "{ref}", "--out", "{tmp}/arch", "--workers", "4096", "--no-progress"],
+], ids=["adapt-batch", "run-batch", "run-streams-queue-size", "bench-batches", "multistream-streams", "archive-workers"])
+def test_a_command_that_would_outgrow_the_machine_is_refused_before_the_work(phantom_ref, tmp_path: Path, command: list[str]) -> None:
+    """Batches, queues, streams and workers no machine holds: one line naming the estimate and a setting that fits, exit 2,
+    before any model loads (pipeline/memory.py)."""
+    import subprocess
+    import sys
+
+    if "archive" in command:
+        pytest.importorskip("ray")
+    images, ref = phantom_ref
+    argv = [a.format(images=images, ref=ref, tmp=tmp_path) for a in command]
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300, preexec_fn=_cap_address_space)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "needs about" in err or "each loads its own model" in err or "may hold about" in err, err
+    assert " fits" in err and "weights:" not in proc.stdout, err  # a setting that fits; the model was never loaded
+
+
+def test_the_adapt_estimate_covers_the_run_the_kernel_killed() -> None:
+    """adapt's defaults (batch 32, 2 x 224 + 6 x 96 crops, 65536 prototypes) reached 23.4 GB RSS on a 24 GB machine
+    before the kernel killed them: the estimate is at least that, and the tiny run the tests use fits in 2 GB."""
+    from pipeline.memory import GB, AdaptSize
+
+    assert AdaptSize(32, 224, 96, 6, 65536).bytes(cuda=False) > 23.4 * GB
+    assert AdaptSize(2, 32, 16, 1, 64).bytes(cuda=False) < 2 * GB

@@ -27,6 +27,7 @@ from pipeline.infer.graph import engine_module, model_input
 from pipeline.infer.select import BackendSpec, make_backend
 from pipeline.publish.encode import encode_jpeg, encode_jpegs, encode_prediction, encode_predictions, warm_encoder
 from pipeline.publish.message import FrameMessage, decode
+from pipeline.handoff import SinkWorker, StopClock
 from pipeline.run import Pipeline, Result, RunConfig
 from pipeline.segment.render import BONE_RGB, build_renderer, overlay_table
 from pipeline.segment.segmenter import BoneSegmenter
@@ -329,3 +330,40 @@ def test_nvjpeg_reads_images_made_on_other_threads_streams() -> None:
     for t in threads:
         t.join()
     assert len(errors) == 40 and max(errors) <= 3
+
+
+class SlowSink:
+    """Takes ``delay_s`` per write; remembers what it wrote and whether it was closed, and closed under a write."""
+
+    name = "slow"
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.ids: list[int] = []
+        self.writing = self.closed = self.closed_while_writing = False
+
+    def write(self, item: int) -> None:
+        self.writing = True
+        time.sleep(self.delay_s)
+        self.ids.append(item)
+        self.writing = False
+
+    def close(self) -> None:
+        self.closed, self.closed_while_writing = True, self.writing
+
+
+def test_a_stop_drops_an_outputs_backlog_by_id_and_closes_it_after_the_frame_under_way() -> None:
+    """A recorder behind by many frames when a signal comes: the stop takes about the grace, not its backlog; the
+    frame it is writing finishes and the output is closed (a recording stays playable); the rest are dropped by id."""
+    clock = StopClock(grace=0.5)
+    sink = SlowSink(0.2)
+    worker = SinkWorker(sink, capacity=64, lossless=True, frame_id=int, clock=clock)
+    for i in range(40):  # 8 s of writing
+        worker.submit(i)
+    clock.stop()
+    started = time.monotonic()
+    errors = worker.close(timeout=60)
+    assert time.monotonic() - started < 5  # the 0.5 s grace and the frame under way; generous for a loaded machine
+    assert sink.closed and not sink.closed_while_writing
+    assert sorted(sink.ids + list(worker.dropped)) == list(range(40)) and worker.written == len(sink.ids) and not worker.failed
+    assert any("queued frames dropped" in e for e in errors)

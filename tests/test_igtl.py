@@ -7,6 +7,8 @@ Random weights at a tiny model input: these tests check delivery, geometry, cloc
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,7 +250,7 @@ def test_dicom_pipeline_sends_image_and_label_map_matching_the_zeromq_messages(m
     dcm = write_dicom(tmp_path / "cine.dcm", pixels, PixelSpacing=[0.2, 0.3], NumberOfFrames=3)
     seg = make_segmenter(list(pixels[:2]))
     server = IgtlServer("127.0.0.1", 0)
-    output = IgtlOutput(server, stream_id="us", weights=seg.weights.label, random_weights=seg.weights.is_random)
+    output = IgtlOutput(server, stream_id="us", weights=seg.weights.label, random_weights=seg.weights.is_random, header_version=2)
     sent = {}
     with receiver(server.port) as client:
         until(lambda: server.clients == 1, "the client to connect")
@@ -289,7 +291,7 @@ def test_run_cli_from_an_igtl_server_to_an_igtl_client(make_segmenter, ultrabone
     with feeder() as server, receiver(out_port) as client:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", f"igtl://127.0.0.1:{server.server_address[1]}/Image", "--reference", str(ref),
-             "--weights", "random:0", "--no-publish", "--igtl", f"127.0.0.1:{out_port}", "--report", str(tmp_path / "report"), "--no-progress"],
+             "--weights", "random:0", "--no-publish", "--igtl", f"127.0.0.1:{out_port}", "--igtl-version", "2", "--report", str(tmp_path / "report"), "--no-progress"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:
@@ -317,3 +319,56 @@ def test_run_cli_from_an_igtl_server_to_an_igtl_client(make_segmenter, ultrabone
         assert img.metadata["frame_id"] == pred.metadata["frame_id"] == str(frame_id) and img.timestamp == pred.timestamp
         assert float(img.metadata["source_ts"]) == pytest.approx(1000.0 + frame_id)  # PLUS's clock, passed through
     assert "frames read 4, processed 4" in out
+
+
+# ---------------------------------------------------------------- Debian's OpenIGTLink C library (PLUS, Slicer 4)
+
+IGTL_INCLUDE = Path("/usr/include/openigtlink")
+
+
+@pytest.fixture(scope="module")
+def igtl_c_client(tmp_path_factory) -> Path:
+    """tests/igtl_client.cxx compiled against libopenigtlink-dev (1.11, protocol 2); skipped without it, but a failure
+    under CI (.ci/run installs it)."""
+    if not (IGTL_INCLUDE / "igtlImageMessage.h").exists() or shutil.which("g++") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the OpenIGTLink C library is missing on CI: install it (apt-get install -y libopenigtlink-dev g++)")
+        pytest.skip("the OpenIGTLink C library is not installed (apt-get install libopenigtlink-dev)")
+    exe = tmp_path_factory.mktemp("igtl") / "igtl_client"
+    source = Path(__file__).with_name("igtl_client.cxx")
+    built = subprocess.run(["g++", "-O1", "-o", str(exe), str(source), f"-I{IGTL_INCLUDE}", "-lOpenIGTLink"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return exe
+
+
+def test_the_openigtlink_c_library_reads_our_images(igtl_c_client: Path, make_segmenter, tmp_path: Path) -> None:
+    """What older PLUS builds and Slicer 4 read with (header version 1, the default): every Image and Prediction with
+    its device name, size, type, spacing and pixels."""
+    pixels = smooth_frames(3)
+    dcm = write_dicom(tmp_path / "cine.dcm", pixels, PixelSpacing=[0.2, 0.3], NumberOfFrames=3)
+    seg = make_segmenter(list(pixels[:2]))
+    server = IgtlServer("127.0.0.1", 0)
+    output = IgtlOutput(server, stream_id="us", weights=seg.weights.label, random_weights=seg.weights.is_random)
+    out = tmp_path / "received"
+    out.mkdir()
+    client = subprocess.Popen([str(igtl_c_client), "127.0.0.1", str(server.port), "6", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        until(lambda: server.clients == 1 or client.poll() is not None, "the C client to connect")
+        sent = {}
+        pipeline = Pipeline(paced(open_source(dcm), 2.0), seg, [output], RunConfig(make_message=MessageFactory(seg, "us")),
+                            on_result=lambda r: sent.setdefault(r.frame.id, r.message))
+        summary = pipeline.run()
+        printed, _ = client.communicate(timeout=WAIT_S)
+    finally:
+        client.kill()
+    assert summary.outputs["igtl"]["written"] == 3
+    assert client.returncode == 0, printed
+    images = [line.split() for line in printed.splitlines() if line.startswith("IMAGE")]
+    height, width = pixels.shape[1:]
+    assert [m[1] for m in images] == ["Image", "Prediction"] * 3, printed
+    for n, (_, device, columns, rows, slices, scalar, spacing_i, spacing_j) in enumerate(images):
+        assert (int(columns), int(rows), int(slices), int(scalar)) == (width, height, 1, 3)  # 3: uint8
+        assert (float(spacing_i), float(spacing_j)) == pytest.approx((0.3, 0.2), rel=1e-5)
+        got = np.fromfile(out / f"{n}-{device}.raw", np.uint8).reshape(height, width)
+        expected = pixels[n // 2] if device == "Image" else (sent[n // 2].mask > 0).astype(np.uint8)
+        assert np.array_equal(got, expected), (n, device)

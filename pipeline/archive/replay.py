@@ -35,6 +35,7 @@ from pipeline.archive.worker import PARTIAL, ArchiveWorker, WorkerConfig
 INSTALL = "Ray is not installed; install the archive extra: pip install 'bonestream[archive]'"
 ATTEMPTS = 2  # a recording whose worker process dies is tried once more, on a new worker
 LOCK = ".archive.lock"
+_OOM = re.compile(r"out of memory|low on memory|memory pressure|OutOfMemory", re.IGNORECASE)  # how Ray says it stopped a worker
 _RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.+)$")  # a traceback's last line
 
 
@@ -134,6 +135,9 @@ class WorkerPool:
         try:  # a worker that cannot build its segmenter (weights, device) fails here, once, before any recording
             ray.get([a.pid.remote() for a in self.actors])
         except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.OutOfMemoryError) or _OOM.search(str(exc)):
+                raise BonestreamError(f"a worker could not start: out of memory (Ray stops workers at 95 % of the node's memory; "
+                                      f"each of the {count} loads its own model): pass fewer --workers") from None
             raise BonestreamError(f"a worker could not start: {_cause(exc)}") from None
 
     def replace(self, dead: Any) -> Any:

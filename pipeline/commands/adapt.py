@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=COUNT, default=0, help="seed of the head, frame pairs, crops and augmentation (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from NAME.state.pth with its settings and sources")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu); CUDA adds autocast and torch.compile")
+    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default cuda when there is one, else cpu); CUDA adds autocast and torch.compile")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -95,11 +95,15 @@ def run(args: argparse.Namespace) -> int:
     from models.placement import usable
     from models.weights import WeightsIdentity, resolve_weights
     from pipeline.capture.recordings import hold_recordings
+    from pipeline.memory import AdaptSize, check_adapt
     from pipeline.publish.files import write_json_atomic
 
     paths = outputs(Path(args.out))
     check_outputs(paths, args.resume, args.overwrite)
-    usable(args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    usable(device)
+    if not args.resume:  # a resumed run's settings are its own: checked once read
+        check_adapt(AdaptSize(args.batch_size, args.global_size, args.local_size, args.local_crops, args.out_dim), device)
     held = hold_recordings(args.sources, roi=args.roi, max_side=args.max_side, progress=args.progress)
     sources = [h.record for h in held]
     recordings = [h.recording for h in held]
@@ -110,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             raise BonestreamError(f"--resume: the sources differ from those {paths['state']} was trained on "
                                   f"({', '.join(s['source'] for s in state['sources'])})")
         settings, per_epoch = AdaptSettings.from_dict(state["settings"]), int(state["steps_per_epoch"])
+        c = settings.crops
+        check_adapt(AdaptSize(settings.batch_size, c.global_size, c.local_size, c.local_crops, settings.head.out_dim), device)
         identity = WeightsIdentity.from_dict(state["init"])
         backbone = {k.removeprefix("backbone."): v for k, v in state["adapter"]["student"].items() if k.startswith("backbone.")}
         losses, wall_s = list(state["losses"]), float(state["wall_s"])
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         backbone, identity = resolve_weights(args.init, progress=args.progress)
         losses, wall_s = [], 0.0
     announce_weights(f"init {identity.label}")
-    adapter = Adapter(backbone, settings, args.device)
+    adapter = Adapter(backbone, settings, device)
     if state is not None:
         adapter.load_state_dict(state["adapter"])
         print(f"resuming {paths['state']} at step {adapter.step} of {settings.steps}")

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.archive.replay import ClusterOptions, archive, import_ray, reachable
     from pipeline.archive.report import SUMMARY, ArchiveReport
     from pipeline.archive.worker import WorkerConfig
+    from pipeline.memory import check_workers
 
     import_ray(local=args.address is None)
     out_dir = Path(args.out).resolve()
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.device not in ("cpu", "cuda"):
         raise BonestreamError(f"--device {args.device}: archive workers take cpu or cuda (Ray gives each worker its card)")
     reference = Reference.load(args.reference)
+    if args.address is None:  # a local Ray: every worker is a process on this machine, with its own model
+        check_workers(args.workers, args.batch_size, reference.geometry.input_size, reference.geometry.stride)
     weights = weights_for(reference, args.weights)
     recordings = find_recordings(args.inputs, out_dir)
     if args.address:

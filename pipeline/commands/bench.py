@@ -13,5 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmarks import bench
+    from pipeline.memory import check_inference
 
+    s = bench.settings_from(args)
+    if s.input_size is not None:  # --input-size clip: the clip's geometry is known only once it is decoded, so not checked
+        check_inference(s.device, max(s.batches), s.input_size, s.stride, "--batch-sizes")
     return bench.run(args)

@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--igtl", type=host_port, nargs="?", const=str(IGTL_PORT), default=None, metavar="[HOST:]PORT",
         help=f"also serve OpenIGTLink (3D Slicer): IMAGE 'Image' and its label map 'Prediction' per frame (default {LOOPBACK}:{IGTL_PORT}; loopback unless --insecure)",
     )
+    p.add_argument(
+        "--igtl-version", type=int, choices=(1, 2), default=1,
+        help="--igtl header version: 1 (default) every OpenIGTLink reader takes; 2 adds OpenIGTLink 3's metadata (frame id, stream, clocks)",
+    )
     p.add_argument("--spacing", type=POSITIVE, default=None, metavar="MM", help="mm per pixel for --igtl when the source states none (default 1.0)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR", help="record overlay video, masks and index here (every frame, in process)")
     p.add_argument("--masks", type=Path, default=None, metavar="DIR", help="write every mask as DIR/<frame>.png")
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.publish.igtl_server import IgtlServer
     from pipeline.publish.outputs import LosslessOutput, MaskFiles, MessageFactory, ZmqOutput
     from pipeline.publish.publisher import LosslessSender, Publisher
+    from pipeline.handoff import StopClock
+    from pipeline.memory import check_inference, check_queues
     from pipeline.run import Pipeline, RunConfig
     from pipeline.status import StatusLine, pipeline_status
 
@@ -146,9 +152,12 @@ def run(args: argparse.Namespace) -> int:
     curve = server_from_args(args)
     check_binds(args, curve)
     source, reference = _open(args)
+    check_inference(args.device, args.batch_size, reference.geometry.input_size, reference.geometry.stride, "--batch-size")
+    check_queues(args.queue_size, 1, reference.geometry.frame_size)
     seg = load_segmenter(args, reference)
     announce_weights(seg.weights.label)
     clear_report(args.report)
+    clock = StopClock()  # the pipeline's and every output's that waits itself: a signal ends the run within its grace
     with ExitStack() as stack:
         stack.callback(source.close)
         outputs = []
@@ -158,18 +167,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"publishing on {args.publish} (topic bonestream/{args.stream_id}){' with CURVE' if curve else ''}")
             wait_for_subscribers(args, publisher)
         if args.lossless:
-            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout))
+            outputs.append(LosslessOutput(LosslessSender(args.lossless, curve=curve, insecure=args.insecure), args.overlay, args.wait_timeout, clock))
             print(f"lossless PUSH on {args.lossless}")
         if args.igtl:
             server = IgtlServer(*args.igtl, insecure=args.insecure)
-            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing))
+            outputs.append(IgtlOutput(server, stream_id=args.stream_id, weights=seg.weights.label, random_weights=seg.weights.is_random, spacing_mm=args.spacing, header_version=args.igtl_version))
             print(f"OpenIGTLink server on {server.address} (devices Image, Prediction)")
         outputs += file_outputs(args, source, args.record, args.masks)
         config = RunConfig(
             live=args.live, queue_size=args.queue_size, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay, output_timeout=args.wait_timeout,
             make_message=MessageFactory(seg, args.stream_id),
         )
-        pipeline = Pipeline(source, seg, outputs, config)
+        pipeline = Pipeline(source, seg, outputs, config, clock=clock)
         _stop_on_signals(pipeline)
         with StatusLine(pipeline_status(pipeline), enabled=args.progress):
             summary = pipeline.run()

@@ -24,9 +24,11 @@ from pipeline.commands.common import announce_weights, fit_reference, gated, wei
 from pipeline.commands.paths import check_fresh_results, check_new_recording, check_output_dir
 from pipeline.commands.run import _stop_on_signals, check_binds, clear_report, file_outputs, print_summary, wait_for_subscribers, write_report
 from pipeline.commands.sources import StreamSpec, open_stream, read_sources_file, with_ids
+from pipeline.handoff import StopClock
 from pipeline.infer.backend import Backend
 from pipeline.infer.select import BackendSpec, Gate
 from pipeline.latency import STAGES
+from pipeline.memory import check_inference, check_queues
 from pipeline.publish.curve import server_from_args
 from pipeline.publish.files import write_json_atomic
 from pipeline.publish.message import topic
@@ -87,6 +89,9 @@ def run_streams(args: argparse.Namespace) -> int:
             stack.callback(sources[-1].close)
         for path in refs:
             refs[path] = fit_reference(refs[path], [src for s, src in zip(specs, sources) if s.reference == path])
+        for ref in refs.values():  # each reference gets its own engines
+            check_inference(args.device, args.batch_size, ref.geometry.input_size, ref.geometry.stride, "--batch-size")
+        check_queues(args.queue_size, len(specs), max((r.geometry.frame_size for r in refs.values()), key=lambda s: s[0] * s[1]))
         first = next(iter(refs.values()))
         model, identity = load_model(weights_for(first, args.weights), progress=args.progress)
         announce_weights(identity.label)
@@ -104,14 +109,15 @@ def run_streams(args: argparse.Namespace) -> int:
         for s in specs:
             clear_report(args.report / s.id)
         shared = _shared_senders(args, curve, len(specs))
+        clock = StopClock()  # the pipeline's and the lossless outputs': a signal ends the run within its grace
         streams = []
         for s, source in zip(specs, sources):
             batches = engines[s.reference]
-            streams.append(Stream(source, batches, _outputs(args, s.id, source, shared), _config(args), live=s.live, make_message=MessageFactory(batches.first, s.id)))
+            streams.append(Stream(source, batches, _outputs(args, s.id, source, shared, clock), _config(args), live=s.live, make_message=MessageFactory(batches.first, s.id)))
         if "zmq" in shared:
             print(f"publishing on {args.publish}: topics " + ", ".join(topic(s.id).decode() for s in specs) + (" with CURVE" if curve else ""))
             wait_for_subscribers(args, shared["zmq"])
-        pipeline = Pipeline.of_streams(streams, _config(args))
+        pipeline = Pipeline.of_streams(streams, _config(args), clock=clock)
         _stop_on_signals(pipeline)
         with StatusLine(pipeline_status(pipeline), enabled=args.progress):
             pipeline.run()
@@ -135,12 +141,12 @@ def _shared_senders(args: argparse.Namespace, curve, users: int) -> dict[str, Sh
     return shared
 
 
-def _outputs(args: argparse.Namespace, sid: str, source, shared: dict[str, SharedSender]) -> list[Output]:
+def _outputs(args: argparse.Namespace, sid: str, source, shared: dict[str, SharedSender], clock: StopClock) -> list[Output]:
     outputs: list[Output] = []
     if "zmq" in shared:
         outputs.append(ZmqOutput(shared["zmq"], args.overlay))
     if "lossless" in shared:
-        outputs.append(LosslessOutput(shared["lossless"], args.overlay, args.wait_timeout))
+        outputs.append(LosslessOutput(shared["lossless"], args.overlay, args.wait_timeout, clock))
     return outputs + file_outputs(args, source, args.record and args.record / sid, args.masks and args.masks / sid)
 
 

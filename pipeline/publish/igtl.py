@@ -7,9 +7,10 @@ label map, same dims and matrix: SlicerIGT aigt's naming, "Image" -> "Prediction
 label 255, a colour few tables define). Geometry: publish/igtl_image.py.
 
 Clocks and ids, consistent with the ZeroMQ stream: the header timestamp is the frame's capture time (the
-``timestamps_ns.captured`` of the ZeroMQ header, moved to the Unix clock); metadata (OpenIGTLink 3 header) carries
-``frame_id``, ``stream_id``, ``captured_ns`` (that same monotonic ns), ``source_ts``, the weights and
-``random_weights``, and the message id is the frame id (mod 2^32). Spacing: the frame's own (DICOM PixelSpacing,
+``timestamps_ns.captured`` of the ZeroMQ header, moved to the Unix clock). Header version 1 by default, which every
+OpenIGTLink reader takes; with version 2 (OpenIGTLink 3's extended header) the metadata carry ``frame_id``,
+``stream_id``, ``captured_ns`` (that same monotonic ns), ``source_ts``, the weights and ``random_weights``, and the
+message id is the frame id (mod 2^32). Spacing: the frame's own (DICOM PixelSpacing,
 an incoming IMAGE), else ``spacing_mm`` (``--spacing``), else 1.0 mm per pixel, said once.
 
 Like the ZeroMQ publisher this output is lossy: it runs on its own worker, and a slow or absent client never holds
@@ -25,7 +26,7 @@ import numpy as np
 
 from models.preprocess import to_gray
 from pipeline.capture.frame import Frame
-from pipeline.publish.igtl_image import image_message
+from pipeline.publish.igtl_image import DEFAULT_HEADER_VERSION, image_message
 from pipeline.publish.igtl_server import IgtlServer
 from pipeline.run import Result
 
@@ -44,9 +45,11 @@ class IgtlOutput:
     lossless = False
     overlay = None  # it sends the frame and the label map, no overlay
 
-    def __init__(self, server: IgtlServer, *, stream_id: str, weights: str, random_weights: bool, spacing_mm: float | None = None) -> None:
+    def __init__(self, server: IgtlServer, *, stream_id: str, weights: str, random_weights: bool, spacing_mm: float | None = None,
+                 header_version: int = DEFAULT_HEADER_VERSION) -> None:
         self.server = server
         self.spacing_mm = spacing_mm
+        self.header_version = header_version
         self.fixed = {"stream_id": stream_id, "weights": weights, "random_weights": str(random_weights).lower()}
         if random_weights:
             self.fixed["note"] = RANDOM_NOTE
@@ -85,8 +88,8 @@ class IgtlOutput:
         image = np.ascontiguousarray(to_gray(frame.image, frame.name))
         label = np.where(np.asarray(pred.mask) > 0, BONE_LABEL, 0).astype(np.uint8)
         self.server.send(
-            image_message(image, IMAGE_DEVICE, spacing, captured_unix_s, frame.id, metadata)
-            + image_message(label, PREDICTION_DEVICE, spacing, captured_unix_s, frame.id, metadata)
+            image_message(image, IMAGE_DEVICE, spacing, captured_unix_s, frame.id, metadata, self.header_version)
+            + image_message(label, PREDICTION_DEVICE, spacing, captured_unix_s, frame.id, metadata, self.header_version)
         )
 
     def close(self) -> None:

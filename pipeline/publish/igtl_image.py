@@ -16,7 +16,10 @@ from typing import Mapping
 import numpy as np
 import pyigtl
 
-HEADER_VERSION = 2  # OpenIGTLink 3 header: carries metadata (frame id, stream, clocks); Slicer and PLUS read it
+# Header version 1: the 58-byte header and the plain body, which every OpenIGTLink library reads (the C library 1.x and 2.x that
+# older PLUS builds and Slicer 4 use take a version-2 message as one of an empty type); 2: OpenIGTLink 3's extended
+# header with the message id and metadata (frame id, stream, clocks), for readers of OpenIGTLink 3 (Slicer 5, PLUS 2.8+)
+DEFAULT_HEADER_VERSION = 1
 
 
 def ijk_to_ras(spacing_mm: tuple[float, float]) -> np.ndarray:
@@ -27,16 +30,18 @@ def ijk_to_ras(spacing_mm: tuple[float, float]) -> np.ndarray:
 
 def image_message(
     pixels: np.ndarray, device: str, spacing_mm: tuple[float, float], timestamp_s: float, message_id: int,
-    metadata: Mapping[str, str],
+    metadata: Mapping[str, str], header_version: int = DEFAULT_HEADER_VERSION,
 ) -> bytes:
-    """One IMAGE message, packed: ``pixels`` an H x W uint8 plane, ``timestamp_s`` seconds since 1970 (UTC)."""
+    """One IMAGE message, packed: ``pixels`` an H x W uint8 plane, ``timestamp_s`` seconds since 1970 (UTC); the
+    message id and ``metadata`` travel with header version 2 only (version 1 has no place for them)."""
     message = pyigtl.ImageMessage(
         pixels[np.newaxis], ijk_to_world_matrix=ijk_to_ras(spacing_mm), world_coordinate_system="ras",
         timestamp=timestamp_s, device_name=device,
     )
-    message.header_version = HEADER_VERSION
-    message.message_id = message_id & 0xFFFFFFFF
-    message.metadata = dict(metadata)
+    message.header_version = header_version
+    if header_version > 1:
+        message.message_id = message_id & 0xFFFFFFFF
+        message.metadata = dict(metadata)
     return message.pack()
 
 

@@ -14,8 +14,10 @@ import logging
 import select
 import socket
 import threading
+import time
 
 from pipeline.capture.live import Mailbox
+from pipeline.handoff import STOP_GRACE_S
 from pipeline.publish.addresses import IGTL_PORT, LOOPBACK, host_port_text
 from pipeline.publish.transport import TransportError, exposure_error
 
@@ -64,9 +66,9 @@ class _Client:
             if not self.conn.recv(1 << 16):
                 raise ConnectionError("closed by the client")
 
-    def close(self) -> None:
+    def close(self, timeout: float) -> None:
         self.mailbox.finish()
-        self.thread.join(1.0)
+        self.thread.join(timeout)
         if self.thread.is_alive():  # still sending to a stalled client: cut it off
             try:
                 self.conn.shutdown(socket.SHUT_RDWR)
@@ -146,10 +148,13 @@ class IgtlServer:
         return len(live)
 
     def close(self) -> None:
+        """Stop accepting and let each client take what it was sent, all within one STOP_GRACE_S (not one per
+        client); a client still taking it then is cut off."""
+        deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
         self._listener.close()
-        self._accepting.join(1.0)
+        self._accepting.join(STOP_GRACE_S)
         with self._lock:
             clients = list(self._clients)
         for client in clients:
-            client.close()
+            client.close(max(0.0, deadline - time.monotonic()))

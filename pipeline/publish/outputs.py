@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from pipeline.handoff import StopClock
 from pipeline.publish.files import results_in, write_png_atomic
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.publisher import LosslessSender, Publisher, SendTimeout
@@ -99,22 +100,23 @@ class LosslessOutput(_MessageOutput):
     name = "lossless"
     lossless = True
 
-    def __init__(self, sender: LosslessSender, encoding: str = "jpeg", timeout: float = 30.0) -> None:
+    def __init__(self, sender: LosslessSender, encoding: str = "jpeg", timeout: float = 30.0, clock: StopClock | None = None) -> None:
         super().__init__(encoding)
         self.sender = sender
         self.timeout = timeout
+        self.clock = clock or StopClock()  # the run's: once it stops, a send and the socket's linger end by its grace
         self.stalled = False
 
     def write(self, result: Result) -> None:
         try:
-            self.sender.send(self.message(result), timeout=0.0 if self.stalled else self.timeout)
+            self.sender.send(self.message(result), timeout=0.0 if self.stalled else self.timeout, clock=self.clock)
         except SendTimeout:
             self.stalled = True
             raise
         self.stalled = False
 
     def close(self) -> None:
-        self.sender.close()
+        self.sender.close(int(self.clock.left() * 1000) if self.clock.stopping.is_set() else None)
 
 
 class RecordOutput:

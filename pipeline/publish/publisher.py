@@ -21,6 +21,7 @@ import zmq
 
 from models.errors import BonestreamError
 from pipeline.choices import DEFAULT_ADDRESS
+from pipeline.handoff import StopClock
 from pipeline.publish.curve import CurveServerConfig
 from pipeline.publish.message import FrameMessage
 from pipeline.publish.transport import Peer
@@ -90,10 +91,15 @@ class LosslessSender(Peer):
         self._bind(address, curve, insecure)
         self.sent = 0
 
-    def send(self, msg: FrameMessage, timeout: float | None = None) -> None:
-        """Block until the consumer has room (forever when ``timeout`` is None); SendTimeout otherwise."""
-        if not self.socket.poll(None if timeout is None else int(timeout * 1000), zmq.POLLOUT):
-            raise SendTimeout(f"{self.address}: no lossless consumer took frame {msg.frame_id} within {timeout} s")
+    def send(self, msg: FrameMessage, timeout: float | None = None, clock: StopClock | None = None) -> None:
+        """Block until the consumer has room (forever when ``timeout`` is None), polling in slices so a stopping
+        ``clock`` cuts the wait to its grace; SendTimeout otherwise."""
+        clock = clock or StopClock()
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        while not self.socket.poll(int(min(0.1, clock.bound(max(0.0, deadline - time.monotonic()))) * 1000), zmq.POLLOUT):
+            if clock.bound(deadline - time.monotonic()) <= 0:
+                why = " (the run is stopping)" if clock.stopping.is_set() and time.monotonic() < deadline else ""
+                raise SendTimeout(f"{self.address}: no lossless consumer took frame {msg.frame_id} within {timeout} s{why}")
         self.socket.send_multipart(msg.stamped().encode(), flags=zmq.NOBLOCK, copy=False)
         self.sent += 1
 
@@ -112,11 +118,11 @@ class SharedSender:
         with self._lock:
             return self.sender.send(msg, *args, **kwargs)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int | None = None) -> None:
         with self._lock:
             self.users -= 1
             if self.users == 0:
-                self.sender.close()
+                self.sender.close(linger_ms)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sender, name)

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
+from pipeline.handoff import STOP_GRACE_S
 from pipeline.publish.addresses import WEB_PORT, host_port_text
 from pipeline.publish.encode import encode_jpeg
 from pipeline.publish.message import FrameMessage
@@ -276,7 +277,7 @@ class WebView:
         self.frame.close()
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join()
+        self._thread.join(STOP_GRACE_S)  # serve_forever ends within POLL_S of shutdown(); a stop never waits longer
 
     def __enter__(self) -> WebView:
         return self
