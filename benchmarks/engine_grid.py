@@ -21,10 +21,9 @@ import gc
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
 
 import cv2
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 
 from benchmarks.bench import Bench, BenchSettings, prepare
 from benchmarks.report import describe_device, device_info, device_slug
+from models.placement import fp32_matmul
 from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT, input_size, listed
 from pipeline.infer.cache import library_versions
 from pipeline.infer.select import BackendSpec, make_backend
@@ -75,17 +75,10 @@ class GridSettings:
                    compile_batches=(1,), calls=1000, row_seconds=4.0, warmup=20)
 
 
-@contextmanager
-def tf32_matmul(allowed: bool) -> Iterator[None]:
+def tf32_matmul(allowed: bool) -> ContextManager[None]:
     """TF32 matrix products on or off for one row (build and timing: a CUDA graph keeps the kernels chosen when it
-    is captured), restored after. ``set_float32_matmul_precision`` is used because mixing torch's legacy
-    ``allow_tf32`` flag with the newer ``fp32_precision`` one raises on reading."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if allowed else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
+    is captured), restored after; the engines' own CUDA default (TF32) does not override it."""
+    return fp32_matmul("high" if allowed else "highest")
 
 
 def host_ms(fn: Callable[[], Any]) -> float:

@@ -34,16 +34,31 @@ def sdpa_context(name: str) -> AbstractContextManager[object]:
     return sdpa_kernel(kinds[name])
 
 
+_fp32_matmul_fixed = False  # inside fp32_matmul(): a precision chosen for the builds there, left as it is
+
+
+@contextmanager
+def fp32_matmul(precision: str) -> Iterator[None]:
+    """torch's fp32 matrix-product precision fixed for the work inside ("highest": true fp32, "high": TF32) instead of
+    bonestream's CUDA default, then restored: for A/B measurements (a CUDA graph keeps the kernels of its capture)."""
+    global _fp32_matmul_fixed
+    before, fixed = torch.get_float32_matmul_precision(), _fp32_matmul_fixed
+    torch.set_float32_matmul_precision(precision)
+    _fp32_matmul_fixed = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+        _fp32_matmul_fixed = fixed
+
+
 def cuda_float32_math() -> None:
-    """TF32 for fp32 matrix products and convolutions on CUDA: the one place bonestream sets it (fp32 engines, the
-    fp32 reference of the parity gate, the fp32 labelling). CPU math is untouched."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision") and hasattr(conv, "conv"):  # torch >= 2.9 names it so; allow_tf32 is deprecated
-        matmul.fp32_precision = "tf32"
-        conv.conv.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
-        conv.allow_tf32 = True
+    """TF32 for fp32 matrix products on CUDA (fp32 engines, and the labelling's one distance product and the parity
+    gate's fp32 reference with them): the one place bonestream sets it; CPU math is untouched. Set through
+    ``set_float32_matmul_precision``, which keeps torch's legacy and newer (``fp32_precision``) flags in agreement:
+    setting only the newer one makes every read of the legacy one raise on torch >= 2.9 (inductor reads it)."""
+    if not _fp32_matmul_fixed:
+        torch.set_float32_matmul_precision("high")
 
 
 def resolve(device: str | torch.device) -> torch.device:

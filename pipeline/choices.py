@@ -11,10 +11,15 @@ PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # int8: linear layers quantised in the
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: fp32 and each precision the device runs natively, timed, behind the parity gate
 
 
+def on_cuda(device: str) -> bool:
+    """Whether a ``--device`` name (cuda, cuda:1, ...) is a CUDA device, without importing torch."""
+    return device.split(":")[0] == "cuda"
+
+
 def default_precision(device: str) -> str:
     """The ViT's precision when none is chosen: bf16 on CUDA (fp32 at batch 1 misses the 1 ms budget; bf16 has fp32's
     range, so no fp16 overflow), fp32 elsewhere."""
-    return "bf16" if device.split(":")[0] == "cuda" else "fp32"
+    return "bf16" if on_cuda(device) else "fp32"
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # attention kernels of the torch backends; auto: torch's

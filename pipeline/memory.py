@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 from models.errors import BonestreamError
 from models.vit import PATCH
+from pipeline.choices import on_cuda
 
 MB = 2**20
 GB = 2**30
@@ -80,7 +81,7 @@ def inference_bytes(batch: int, input_size: tuple[int, int], stride: int, cuda: 
 
 def available(device: str) -> int:
     """Bytes free for this command now: the host's available memory, or the CUDA device's free memory."""
-    if device.startswith("cuda"):
+    if on_cuda(device):
         import torch
 
         from models.placement import usable
@@ -96,12 +97,12 @@ def _gb(n: float) -> str:
 
 
 def _where(device: str) -> str:
-    return f"free on {device}" if device.startswith("cuda") else "available on this machine"
+    return f"free on {device}" if on_cuda(device) else "available on this machine"
 
 
 def check_adapt(size: AdaptSize, device: str) -> None:
     """Refuse an ``adapt`` that would not fit, naming the largest --batch-size that does."""
-    cuda = device.startswith("cuda")
+    cuda = on_cuda(device)
     need, free = size.bytes(cuda), available(device) * HEADROOM
     if need <= free:
         return
@@ -115,7 +116,7 @@ def check_adapt(size: AdaptSize, device: str) -> None:
 def check_inference(device: str, batch: int, input_size: tuple[int, int], stride: int, option: str) -> None:
     """Refuse a run whose engines (up to ``batch`` frames per call at ``input_size``) would not fit, naming the
     largest ``option`` value that does."""
-    cuda = device.startswith("cuda")
+    cuda = on_cuda(device)
     need, free = inference_bytes(batch, input_size, stride, cuda), available(device) * HEADROOM
     if need <= free:
         return

@@ -221,10 +221,26 @@ def test_cuda_engines_run_on_their_own_stream_with_tf32(deployment, frames) -> N
     assert stream is not None and stream != torch.cuda.default_stream()
     with backend.staging.active():
         assert torch.cuda.current_stream() == stream
-    matmul = torch.backends.cuda.matmul
-    assert getattr(matmul, "fp32_precision", None) == "tf32" or matmul.allow_tf32  # set at build, in one place
+    assert torch.get_float32_matmul_precision() == "high"  # set at build, in one place; reading it must not raise
     mask, _ = backend(frames)
     assert np.mean(mask == TorchBackend(deployment, batch=2)(frames)[0]) >= 0.99
+
+
+def test_cuda_tf32_default_keeps_torchs_flags_in_agreement() -> None:
+    """TF32 is set so that both of torch's APIs read it (setting only ``fp32_precision`` makes every read of the legacy
+    one raise on torch >= 2.9, inductor's included), and a precision fixed for an A/B row is left alone."""
+    from models.placement import cuda_float32_math, fp32_matmul
+
+    with fp32_matmul("highest"):
+        cuda_float32_math()  # what every CUDA build calls: leaves the row's choice
+        assert torch.get_float32_matmul_precision() == "highest"
+    before = torch.get_float32_matmul_precision()
+    try:
+        cuda_float32_math()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(), reason=NO_CUDA)
@@ -232,3 +248,8 @@ def test_onnxruntime_cuda_launches_on_the_engine_stream(deployment, tmp_path: Pa
     backend = make_backend(BackendSpec("onnxruntime", "cuda", batch=2), deployment, EngineCache(tmp_path))
     options = backend.session.get_provider_options()["CUDAExecutionProvider"]
     assert options["user_compute_stream"] == str(backend.staging.stream.cuda_stream)  # not the legacy default stream
+
+
+def test_a_forced_attention_kernel_that_cannot_run_is_one_line(deployment) -> None:
+    with pytest.raises(BackendUnavailable, match=r"^--sdpa cudnn: "):
+        TorchBackend(deployment, sdpa="cudnn")  # cuDNN attention has no CPU kernel

@@ -138,3 +138,13 @@ def test_without_openvino_auto_says_how_to_install_it(deployment, monkeypatch, t
     text = selection.describe()
     assert "fallback: openvino unavailable: BackendUnavailable: openvino: not importable" in text
     assert "pip install 'bonestream[openvino]'" in text
+
+
+def test_auto_with_a_named_reduced_precision_prefers_what_passed_the_gate(deployment, monkeypatch, tmp_path: Path) -> None:
+    """--backend auto --precision fp16: a candidate the gate passed wins over a faster unchecked one (either way round)."""
+    monkeypatch.setitem(select.CANDIDATES, "cpu", ("onnxruntime", "torch"))
+    cache = EngineCache(tmp_path)
+    for passed in ("onnxruntime", "torch"):
+        selection = select_backend(BackendSpec("auto", precision="fp16"), deployment, cache, trials=1,
+                                   gate=lambda b, passed=passed: None if b.name == passed else "unchecked")
+        assert selection.backend.name == passed and set(selection.measured_ms) == {"onnxruntime", "torch"}

@@ -290,7 +290,7 @@ def test_predictor_edge_cases(device_segmenter, deployment) -> None:
     pred.mask.zero_()  # ordinary tensors, not inference-mode ones: callers may write to them
     pred.patch_mask[0, 0] = True  # the bool patch mask too (it was made in inference mode)
     pred.overlay[..., 0] = 0
-    assert deployment.key("onnx", outputs="fused", batch=1, precision="fp32", device="cpu").artifact.endswith("-v2")
+    assert deployment.key("onnx", outputs="fused", batch=1, precision="fp32", device="cpu").artifact.endswith("-v3")
 
 
 def test_jpegs_encode_in_one_call(device_segmenter) -> None:

@@ -91,3 +91,6 @@ def test_gpu_steps_fit_one_device_call() -> None:
     assert [s.name for s in steps] == [*STEPS[:7], "run-8", "multistream"]
     assert sum(s.budget_s for s in steps) + 10 <= settings.budget_s <= 540
     assert all("tests/test_backends.py" in s.argv for s in steps if s.name == "cuda-tests")
+    for run in (s for s in steps if s.name.startswith("run-")):  # bf16 runs pass the parity gate on the clip's calibration frames
+        argv = run.argv
+        assert argv[argv.index("--precision") + 1] == "bf16" and argv[argv.index("--calibration-sources") + 1] == "clip.mp4"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from models.errors import BonestreamError
-from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, precision_for, weights_for
+from pipeline.commands.common import add_model_arguments, add_refine_argument, announce_weights, weights_for
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, number
 from pipeline.commands.paths import check_output_dir
 
@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     identity = WeightsIdentity.from_dict(reference.weights)
     announce_weights(identity.label)
     print(f"{len(recordings)} recordings, reference {reference.id}")
+    # fp32 unless a precision is named: no calibration frames here for the parity gate behind CUDA's bf16 default
     config = WorkerConfig(
         str(Path(args.reference).resolve()), weights, str(out_dir), device=args.device, backend=args.backend,
-        precision=precision_for(args), batch_size=args.batch_size, refine=args.refine, overlay=args.overlay, threads=args.cpus_per_worker,
+        precision=args.precision or "fp32", batch_size=args.batch_size, refine=args.refine, overlay=args.overlay, threads=args.cpus_per_worker,
     )
     options = ClusterOptions(args.workers, args.cpus_per_worker, args.gpu_fraction, args.address)
     report = ArchiveReport(reference.id, identity.label, identity.is_random)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.resampling import DEFAULT_RESAMPLING, RESAMPLING, device_resampling
+from pipeline.choices import on_cuda
 from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.commands.numbers import FRACTION, POSITIVE_INT, SIDE, heads, input_size, number
 from pipeline.commands.paths import check_output_file
@@ -90,7 +91,7 @@ def geometry_from(args: argparse.Namespace) -> GeometryOptions:
     """The preset's geometry with every option the user gave in its place; on CUDA a device resampling unless one
     was chosen (models.resampling.device_resampling: the reference stores it, so run time uses it too)."""
     given = {f.name: getattr(args, f.name) for f in fields(GeometryOptions) if getattr(args, f.name, None) is not None}
-    if getattr(args, "device", "cpu").startswith("cuda"):
+    if on_cuda(getattr(args, "device", "cpu")):
         given.setdefault("resampling", device_resampling(args.device))
     return replace(GEOMETRY_PRESETS[getattr(args, "preset", "study")], **given)
 

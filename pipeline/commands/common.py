@@ -125,10 +125,11 @@ def add_gate_argument(p: argparse.ArgumentParser) -> None:
 
 
 def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, Gate], list[Backend]]) -> str:
-    """The precision to run in, its engines built by ``build(precision, gate)`` and passed through the parity gate
-    before any frame: a refused engine stops the run (one line with the figures); an unchecked one stops it when the
-    precision was asked for, and falls back to fp32 when it was only the CUDA default. ``--precision auto`` hands
-    ``build`` the same gate, so the fastest candidate it keeps is one that passed."""
+    """The precision the engines run in, built by ``build(precision, gate)`` and passed through the parity gate
+    before any frame: a refused engine stops the run (one line with the figures); an unchecked one stops it when a
+    precision was named, and falls back to fp32 when it was the CUDA default or auto's choice (auto chooses at the
+    first static batch size; the others may lack a verdict). ``build`` gets the same gate, so auto keeps only
+    candidates that passed."""
     from pipeline.commands.export import calibration_frames
     from pipeline.infer.cache import EngineCache
     from pipeline.infer.gate import ParityRefused, ParityUnchecked, gate
@@ -151,12 +152,12 @@ def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, 
             if (result := gate(backend, backend.deployment, cache, frames, reference.calibration_labels)) is not None:
                 print(result.describe())
     except ParityUnchecked as exc:
-        if args.precision is not None:
+        if args.precision not in (None, "auto"):
             raise
-        print(f"{exc}; running fp32 instead (the CUDA default bf16 runs once it has passed)")
+        print(f"{exc}; running fp32 instead ({precision} runs once it has passed)")
         build("fp32", refusal)
         return "fp32"
-    return precision
+    return backends[0].precision
 
 
 def load_segmenter(args: argparse.Namespace, reference: Reference) -> BoneSegmenter:

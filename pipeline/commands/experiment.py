@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands.calibrate import add_calibration_arguments, add_geometry_arguments, geometry_from, settings_from
-from pipeline.commands.common import add_model_arguments, announce_weights, precision_for
+from pipeline.commands.common import add_model_arguments, announce_weights
 from pipeline.commands.numbers import COUNT, POSITIVE_INT, listed, number
 from pipeline.commands.paths import check_output_dir
 from pipeline.study.noise import DEFAULT_SCALE, SCALES, describe_scale
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     model, identity = load_model(args.weights, progress=args.progress)
     announce_weights(identity.label)
-    coseg = Cosegmenter(model, identity, geometry_from(args), settings, BackendSpec(args.backend, args.device, precision_for(args), sdpa=args.sdpa))
+    # fp32 unless a precision is named: the experiments' references exist only in memory, so no parity gate can check one
+    coseg = Cosegmenter(model, identity, geometry_from(args), settings, BackendSpec(args.backend, args.device, args.precision or "fp32", sdpa=args.sdpa))
     common = {"seed": args.seed, "progress": args.progress}
     if args.experiment == "sizes":
         result = run_sizes(coseg, inputs["frames"], args.sizes, repeats=args.repeats, held_out=args.held_out, **common)

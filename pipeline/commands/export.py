@@ -39,14 +39,21 @@ def calibration_frames(specs: Sequence[str], reference: Reference) -> np.ndarray
     """The reference's calibration frames, found by name in ``specs``, as its geometry's uint8 planes, in its order."""
     from pipeline.capture.open import open_sources
 
-    wanted = set(reference.frames)
-    found: dict[str, np.ndarray] = {}
-    for source in open_sources(specs):
-        for frame in source:
-            if frame.name in wanted:
-                found[frame.name] = frame.image
-            if len(found) == len(wanted):
-                break
+    sources = open_sources(specs)
+    try:
+        if live := [s.name for s in sources if s.live]:  # a device never replays the frames a reference was made of
+            raise BonestreamError(f"{live[0]}: a live source cannot hold a reference's calibration frames; pass the recorded sources")
+        wanted = set(reference.frames)
+        found: dict[str, np.ndarray] = {}
+        for source in sources:
+            for frame in source:
+                if frame.name in wanted:
+                    found[frame.name] = frame.image
+                if len(found) == len(wanted):
+                    break
+    finally:
+        for source in sources:
+            source.close()
     missing = [name for name in reference.frames if name not in found]
     if missing:
         raise BonestreamError(
@@ -80,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     # --precision auto records a verdict for every pair `run --backend auto --precision auto` may choose
     engines = CANDIDATES[device_type] if asked == "auto" else [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]]
     names = engines if args.backend == "auto" else [args.backend]
-    precisions = precision_candidates(args.device)[0] if asked == "auto" else [asked]
+    precisions = [p for p in precision_candidates(args.device)[0] if p != "fp32"] if asked == "auto" else [asked]  # fp32 needs no verdict
     refused = built = 0
     for name, precision in product(names, precisions):
         if not runs_at(name, precision, args.device):
+            print(f"skipped {name} {precision}: {name} builds no {precision} engine")
             continue
         spec = BackendSpec(name, args.device, precision, args.batch_size, sdpa=args.sdpa)
         try:

@@ -102,4 +102,10 @@ class TorchBackend(StagedBackend):
         module = engine_module(self.deployment, self.precision, self.outputs, self.device)
         compute = forcing_sdpa(compile_engine(module) if self.mode == "compile" else module, self.sdpa)
         self.staging = Staging(self.device, self.deployment.plane_shape(self.batch))
-        self.compute = ready(compute, self.staging.input)
+        try:
+            self.compute = ready(compute, self.staging.input)
+        except RuntimeError as exc:
+            if self.sdpa == "auto":
+                raise
+            # a forced kernel that cannot run these shapes, dtype or device ("No available kernel"): one line, not a traceback
+            raise BackendUnavailable(f"--sdpa {self.sdpa}: {str(exc).splitlines()[0]}") from None

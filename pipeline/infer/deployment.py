@@ -18,8 +18,9 @@ from models.vit import DinoViT
 from pipeline.infer.cache import EngineKey, device_identity, library_versions
 
 # The compiled core's interface (input: float32 gray pixels B x 1 x H x W; its outputs), in every engine's cache key:
-# bumped whenever it changes, so an engine built by another version is rebuilt, never fed the wrong input.
-ENGINE_FORMAT = 2
+# bumped whenever it or what an engine computes changes, so an engine (or a parity verdict) of another version is
+# rebuilt, never reused. 3: bf16 LayerNorm native, int8 weights 8-bit with VNNI.
+ENGINE_FORMAT = 3
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def select_backend(
 
     ``spec.precision`` ``auto`` tries every precision of precision_candidates too; a reduced-precision candidate is
     then kept only if ``gate`` (the parity gate, pipeline.infer.gate) passes it, by default only with a passing
-    verdict recorded by ``bonestream export``.
+    verdict recorded by ``bonestream export``. With a reduced precision named, auto prefers the candidates the gate
+    passes and otherwise keeps the fastest (the caller's gate then stops or falls back, naming why).
     """
     cache = cache or EngineCache()
     gate = gate or recorded_gate(deployment, cache)
@@ -164,19 +165,22 @@ def select_backend(
     frames = np.random.default_rng(0).integers(0, 256, deployment.plane_shape(spec.batch), dtype=np.uint8)
     working: dict[str, Backend] = {}
     measured: dict[str, float] = {}
+    unchecked: set[str] = set()  # a named reduced precision's candidates the gate did not pass
     for name, precision in product(names, precisions):
         if not runs_at(name, precision, spec.device):
             continue
         label = name if spec.precision != "auto" else f"{name} {precision}"
         try:
             backend = usable_backend(replace(spec, name=name, precision=precision), deployment, cache)
-            if precision != "fp32" and spec.precision == "auto" and (refusal := gate(backend)) is not None:
-                raise BackendUnavailable(refusal)
+            if precision != "fp32" and (refusal := gate(backend)) is not None:
+                if spec.precision == "auto":
+                    raise BackendUnavailable(refusal)
+                unchecked.add(label)
             measured[label] = time_backend(backend, frames, trials)
             working[label] = backend
         except Exception as exc:  # any candidate that fails to build or run is a reported fallback, not a crash
             fallbacks.append(Fallback(label, f"{type(exc).__name__}: {exc}"))
     if not working:
         raise BackendUnavailable("no backend runs here:\n" + "\n".join(f"  {f.backend}: {f.reason}" for f in fallbacks))
-    fastest = min(working, key=measured.__getitem__)
+    fastest = min(working, key=lambda label: (label in unchecked, measured[label]))
     return Selection(working[fastest], "auto", measured, fallbacks)

@@ -176,7 +176,7 @@ class TensorRTBackend(StagedBackend):
             self.staging = Staging(dev, self.deployment.plane_shape(self.batch))
             self.input_step = model_input(self.deployment, dev)
             self.compute = self._compute
-            with torch.inference_mode():
+            with torch.inference_mode(), self.staging.active():  # warmed up (and its graph recorded) on the engine's stream
                 for _ in range(WARMUP_CALLS):
                     self.compute(self.staging.input)
             torch.cuda.synchronize(dev)

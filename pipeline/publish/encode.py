@@ -5,10 +5,10 @@ On CUDA only the compressed bytes (~100 kB) cross back to the host instead of th
 (the ``gpu`` extra) is optional: without it, or when its encoder fails, a CUDA overlay is copied to the host and
 encoded there, and the log says so once.
 
-torchvision's CUDA encoder is one object per process that orders its work after the stream that was current when it
-was created, not after the caller's: an image made on another stream (another probe's, the inference thread's)
-could be read before it is written, and it copies the compressed bytes out on the legacy stream 0, which the
-caller's stream does not wait for. So every device encode here first waits on the host for the image's producer
+torchvision's CUDA encoder is one object per process that encodes on a stream of its own, which waits for no
+caller's stream: an image made on another stream (another probe's, the inference thread's) could be read before it
+is written; and it copies the compressed bytes out on the legacy stream 0, which the caller's stream does not wait
+for. So every device encode here first waits on the host for the image's producer
 (its ``ready`` event, or the whole device when there is none), then for stream 0 before reading the bytes, under one
 lock (the encoder is shared anyway); several ready images go in one batched call (``encode_jpegs``).
 """
@@ -51,10 +51,10 @@ def _device_jpegs(images: Sequence[torch.Tensor], quality: int, ready: torch.cud
     missing or fails."""
     global _nvjpeg_failed
     if _nvjpeg_failed is None:
+        _wait_for(images, ready)  # outside the try: a fault of the producer's work is its own error, not the encoder's
         try:
             from torchvision.io import encode_jpeg as tv_encode_jpeg
 
-            _wait_for(images, ready)
             with _nvjpeg_lock:
                 encoded = tv_encode_jpeg([rgb.permute(2, 0, 1).contiguous() for rgb in images], quality=quality)
                 torch.cuda.default_stream(images[0].device).synchronize()  # torchvision copies the bytes out on stream 0
