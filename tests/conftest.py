@@ -28,6 +28,16 @@ def random_identity() -> WeightsIdentity:
 
 
 @pytest.fixture(scope="session")
+def deployment(model):
+    """A 32x40 deployment with 4 random unit centroids, bone clusters 0 and 2 (modules with other needs define their own)."""
+    from models.preprocess import Geometry
+    from pipeline.infer.deployment import Deployment
+
+    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1).numpy()
+    return Deployment(model, Geometry.fit((32, 40), input_size=(32, 40), resampling="area"), centroids, (0, 2), "random:0", "test-reference")
+
+
+@pytest.fixture(scope="session")
 def ultrabones() -> Path:
     if not ULTRABONES.is_dir():
         pytest.skip(f"shared UltraBones100k data not found at {ULTRABONES}")

@@ -25,6 +25,7 @@ from pipeline.analysis.pca import PCAAccumulator, to_uint8
 from pipeline.analysis.truth import TruthError, bone_fraction, load_truth
 from pipeline.capture.open import open_sources, sample_frames
 from pipeline.cli import main
+from pipeline.segment.render import RANDOM_STAMP, stamp_image
 
 NAMES = ("162705", "163296")
 SMALL = ["--input-size", "32x40", "--weights", "random:0", "--no-progress"]
@@ -129,8 +130,9 @@ def test_images_are_the_joint_pca_over_the_frame_and_stamped_only_for_random_wei
             differs = np.abs(image - painted).max(axis=2) > 1
             if identity.is_random:
                 ys, xs = np.nonzero(differs)
-                assert ys.max() < 40 and xs.max() < 500  # only the stamp, at the top left
-                assert _red(image[:40, :500, ::-1].astype(np.uint8)).sum() > 100
+                box_h, box_w = stamp_image(RANDOM_STAMP, image.shape[1]).shape[:2]  # its size is OpenCV's font metrics'
+                assert ys.max() < box_h and xs.max() < box_w  # only the stamp, at the top left
+                assert _red(image[:box_h, :box_w, ::-1].astype(np.uint8)).sum() > 100
             else:
                 assert not differs.any()
             sheet = cv2.imread(str(out / frame.name / "contact_sheet.png"))

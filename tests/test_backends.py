@@ -13,21 +13,13 @@ import pytest
 import torch
 
 from benchmarks import bench
-from models.preprocess import Geometry
 from pipeline.infer import select
 from pipeline.infer.backend import BackendUnavailable, TorchBackend
 from pipeline.infer.cache import EngineCache, EngineKey
-from pipeline.infer.deployment import Deployment
 from pipeline.infer.select import BackendSpec, make_backend, select_backend
 
 SIZE = (32, 40)
 NO_CUDA = "no CUDA device on this machine: GPU backends are exercised only where one is lent"
-
-
-@pytest.fixture(scope="module")
-def deployment(model) -> Deployment:
-    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1).numpy()
-    return Deployment(model, Geometry.fit(SIZE, input_size=SIZE, resampling="area"), centroids, (0, 2), "random:0", "test-reference")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +139,7 @@ def test_torch_compile_engines_past_the_recompile_limit(deployment, frames) -> N
     """Every torch-compile engine is a recompile of EngineGraph.forward: more engines than dynamo's recompile_limit
     (lowered here to keep the test short; 8 by default) still build and run, each matching eager torch."""
     with torch._dynamo.config.patch(recompile_limit=1, accumulated_recompile_limit=1):
-        engines = [TorchBackend(deployment, batch=b, mode="compile") for b in (1, 2, 3)]  # three static shapes
+        engines = [TorchBackend(deployment, batch=b, mode="compile") for b in (1, 2)]  # two static shapes: one past the limit
         for engine in engines:
             mask, margin = engine(frames)
             reference = TorchBackend(deployment, batch=engine.batch)(frames)
@@ -159,7 +151,7 @@ def test_benchmark_writes_json_as_it_goes_and_skips_a_failing_row(tmp_path: Path
     """A configuration failing mid-run is reported and dropped; the others' rows, and the JSON written after every
     turn (a cut-off run keeps its numbers), survive."""
     settings = replace(
-        bench.BenchSettings.for_device("cpu"), backends=("torch",), batches=(1, 2), frames=4, turn=2, input_size=(32, 40),
+        bench.BenchSettings.for_device("cpu"), backends=("torch",), precisions=("fp32",), batches=(1, 2), frames=4, turn=2, input_size=(32, 40),
         calibration_frames=2, baseline_frames=0, out=tmp_path, cache_dir=str(tmp_path / "engines"),
     )
     seen_on_failure = []

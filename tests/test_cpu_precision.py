@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.preprocess import Geometry
 from pipeline.infer import export, openvino_backend, select
 from pipeline.infer.backend import BackendUnavailable
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.cpu_features import CpuFeatures, parse_cpuinfo
-from pipeline.infer.deployment import Deployment
 from pipeline.infer.parity import check_parity
 from pipeline.infer.select import BackendSpec, make_backend, select_backend
 
@@ -31,12 +29,6 @@ try:
 except ImportError:
     HAVE_OPENVINO = False
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed (pip install 'bonestream[openvino]')")
-
-
-@pytest.fixture(scope="module")
-def deployment(model) -> Deployment:
-    centroids = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=1).numpy()
-    return Deployment(model, Geometry.fit(SIZE, input_size=SIZE, resampling="area"), centroids, (0, 2), "random:0", "test-reference")
 
 
 @pytest.fixture(scope="module")
