@@ -32,6 +32,7 @@ import torch
 from benchmarks.bench import Bench, BenchSettings, prepare
 from benchmarks.report import describe_device, device_info, device_slug
 from models.placement import fp32_matmul
+from pipeline.choices import SDPA_BACKENDS
 from pipeline.commands.numbers import COUNT, POSITIVE, POSITIVE_INT, input_size, listed
 from pipeline.infer.cache import library_versions
 from pipeline.infer.select import BackendSpec, make_backend
@@ -55,6 +56,7 @@ class GridSettings:
     batches: tuple[int, ...] = (1, 2)
     compile_precisions: tuple[str, ...] = ()  # torch-compile rows (about a minute to compile each), after the rest
     compile_batches: tuple[int, ...] = ()
+    sdpa_kernels: tuple[str, ...] = ()  # attention kernels forced one by one (bf16, batch 1), after the eager rows
     calls: int = 20  # timed calls per row at most ...
     row_seconds: float = 2.0  # ... and no more than this long per loop once 20 calls are in
     warmup: int = 2  # calls per row before timing
@@ -72,6 +74,7 @@ class GridSettings:
         if torch.device(device).type == "cpu":
             return cls(device=device)
         return cls(device=device, precisions=PRECISIONS, batches=(1, 8, 32, 64), compile_precisions=("bf16", "fp16"),
+                   sdpa_kernels=tuple(k for k in SDPA_BACKENDS if k != "auto"),
                    compile_batches=(1,), calls=1000, row_seconds=4.0, warmup=20)
 
 
@@ -134,14 +137,14 @@ class Grid:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def engine(self, mode: str, precision: str, batch: int):
-        spec = BackendSpec(MODES[mode], self.s.device, "fp32" if precision == "tf32" else precision, batch)
+    def engine(self, mode: str, precision: str, batch: int, sdpa: str = "auto"):
+        spec = BackendSpec(MODES[mode], self.s.device, "fp32" if precision == "tf32" else precision, batch, sdpa=sdpa)
         return make_backend(spec, self.bench.deployment)
 
-    def engine_row(self, mode: str, precision: str, batch: int) -> dict[str, Any]:
+    def engine_row(self, mode: str, precision: str, batch: int, sdpa: str) -> dict[str, Any]:
         s = self.s
         start = time.perf_counter()
-        backend = self.engine(mode, precision, batch)
+        backend = self.engine(mode, precision, batch, sdpa)
         build_s = time.perf_counter() - start
         frames = self.planes[np.arange(batch) % len(self.planes)]
         stage: dict[str, list[float]] = {"model": [], "engine": []}
@@ -169,7 +172,7 @@ class Grid:
             wall = time.perf_counter() - start
         mask = backend.run(self.parity)[0]
         return {
-            "backend": backend.name, "mode": mode, "cuda_graph": hasattr(backend.compute, "graph"),
+            "backend": backend.name, "mode": mode, "sdpa": sdpa, "cuda_graph": hasattr(backend.compute, "graph"),
             "precision": precision, "matmul_precision": torch.get_float32_matmul_precision(), "batch": batch, "build_s": round(build_s, 2),
             "model_ms": summarize(stage["model"]), "engine_ms": summarize(stage["engine"]),
             "model_ms_per_frame": float(np.median(stage["model"])) / batch,
@@ -177,22 +180,21 @@ class Grid:
             "label_agreement": float(np.mean(mask == self.reference_mask)),
         }
 
-    def run_engine(self, mode: str, precision: str, batch: int) -> None:
-        label = f"{MODES[mode]} {precision} b{batch}"
+    def run_engine(self, mode: str, precision: str, batch: int, sdpa: str = "auto") -> None:
+        label = f"{MODES[mode]} {precision} b{batch}" + (f" sdpa {sdpa}" if sdpa != "auto" else "")
+        failed = {"kind": "engine", "backend": MODES[mode], "mode": mode, "sdpa": sdpa, "precision": precision, "batch": batch}
         if self.s.budget_s is not None and time.monotonic() - STARTED + NEEDS_S[mode] > self.s.budget_s:
             print(f"  {label}: skipped, --budget-s {self.s.budget_s:g} would be passed", flush=True)
-            self.write({"kind": "engine", "backend": MODES[mode], "mode": mode, "precision": precision, "batch": batch,
-                        "error": f"skipped: --budget-s {self.s.budget_s:g} would be passed"})
+            self.write({**failed, "error": f"skipped: --budget-s {self.s.budget_s:g} would be passed"})
             return
         try:
             with tf32_matmul(precision == "tf32"):
-                row = {"kind": "engine", **self.engine_row(mode, precision, batch), "error": None}
+                row = {"kind": "engine", **self.engine_row(mode, precision, batch, sdpa), "error": None}
             m = row["model_ms"]
             print(f"  {label}: model p50 {m['p50']:.3f} p99 {m['p99']:.3f} ms, {row['frames_per_s']:.0f} frames/s, "
                   f"labels {row['label_agreement']:.2%}", flush=True)
         except Exception as exc:  # out of memory, compile error: recorded, the grid goes on
-            row = {"kind": "engine", "backend": MODES[mode], "mode": mode, "precision": precision, "batch": batch,
-                   "error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
+            row = {**failed, "error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
             print(f"  {label}: FAILED {row['error'][:300]}", flush=True)
         finally:
             gc.collect()
@@ -248,12 +250,13 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in rows if r["kind"] == "engine"):
+        name = r["backend"] + (f" (sdpa {r['sdpa']})" if r.get("sdpa", "auto") != "auto" else "")
         if r["error"]:
             note = r["error"] if r["error"].startswith("skipped") else f"failed: {r['error']}"
-            lines.append(f"| {r['backend']} | | {r['precision']} | {r['batch']} | {note[:120].replace('|', '/')} |")
+            lines.append(f"| {name} | | {r['precision']} | {r['batch']} | {note[:120].replace('|', '/')} |")
             continue
         m, e = r["model_ms"], r["engine_ms"]
-        lines.append(f"| {r['backend']} | {'yes' if r['cuda_graph'] else 'no'} | {r['precision']} | {r['batch']} | {m['count']} | "
+        lines.append(f"| {name} | {'yes' if r['cuda_graph'] else 'no'} | {r['precision']} | {r['batch']} | {m['count']} | "
                      f"{m['p50']:.3f} | {m['p99']:.3f} | {m['p99.9']:.3f} | {e['p50']:.3f} | {e['p99']:.3f} | "
                      f"{r['model_ms_per_frame']:.3f} | {r['frames_per_s']:.0f} | {100 * r['label_agreement']:.2f}% | {r['build_s']:.1f} |")
     lines += ["", "| JPEG encoder | size | p50 ms | p99 ms | bytes |", "|---|---|---|---|---|"]
@@ -272,7 +275,7 @@ def plot(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["kind"] == "engine" and not r["error"]]
+    ok = [r for r in rows if r["kind"] == "engine" and not r["error"] and r.get("sdpa", "auto") == "auto"]  # kernel rows: the table
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
     for key in sorted({(r["backend"], r["precision"]) for r in ok}):
         line = sorted((r for r in ok if (r["backend"], r["precision"]) == key), key=lambda r: r["batch"])
@@ -300,6 +303,8 @@ def run_grid(s: GridSettings) -> list[Path]:
     for precision in s.precisions:
         for batch in s.batches:
             grid.run_engine("eager", precision, batch)
+    for kernel in s.sdpa_kernels:  # which attention kernel is fastest here (the torch backends' --sdpa)
+        grid.run_engine("eager", "bf16", 1, kernel)
     if s.jpeg:
         grid.run_jpeg()
     for precision in s.compile_precisions:
@@ -319,6 +324,12 @@ def _precision(text: str) -> str:
     return text
 
 
+def _kernel(text: str) -> str:
+    if text not in SDPA_BACKENDS or text == "auto":
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {','.join(k for k in SDPA_BACKENDS if k != 'auto')}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.engine_grid", description=__doc__.splitlines()[0])
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present)")
@@ -326,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", dest="batches", type=listed(POSITIVE_INT), help="comma list (GPU default 1,8,32,64, CPU 1,2)")
     p.add_argument("--compile-precisions", type=listed(_precision), help="torch-compile rows' precisions (GPU default bf16,fp16, CPU none)")
     p.add_argument("--compile-batch-sizes", dest="compile_batches", type=listed(POSITIVE_INT), help="torch-compile rows' batch sizes (GPU default 1)")
+    p.add_argument("--sdpa-kernels", type=listed(_kernel), help="attention kernels forced one by one, bf16 batch 1 (GPU default "
+                   "cudnn,flash,efficient,math; CPU none)")
     p.add_argument("--calls", type=POSITIVE_INT, help="timed calls per row at most (GPU 1000, CPU 20)")
     p.add_argument("--row-seconds", type=POSITIVE, help="time per timed loop once 20 calls are in (GPU 4, CPU 2)")
     p.add_argument("--warmup", type=COUNT, help="calls per row before timing (GPU 20, CPU 2)")

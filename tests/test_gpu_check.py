@@ -43,7 +43,8 @@ def test_smoke_run_writes_a_json_line_per_step_and_the_grid_rows(tmp_path: Path)
     grid = [json.loads(line) for line in (out / "engine-grid" / "engine_grid.jsonl").read_text().splitlines()]
     assert grid[0]["kind"] == "meta" and "RANDOM WEIGHTS" in grid[0]["weights_warning"]
     engines = [r for r in grid if r["kind"] == "engine"]
-    assert [(r["precision"], r["batch"]) for r in engines] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    assert [(r["precision"], r["batch"], r["sdpa"]) for r in engines] == [
+        ("fp32", 1, "auto"), ("fp32", 2, "auto"), ("bf16", 1, "auto"), ("bf16", 2, "auto"), ("bf16", 1, "math")]  # then a forced kernel
     for r in engines:
         assert r["error"] is None and 0 <= r["label_agreement"] <= 1 and r["frames_per_s"] > 0
         assert {"p50", "p99", "p99.9"} <= r["model_ms"].keys() and r["engine_ms"]["p50"] >= r["model_ms"]["p50"] * 0.5

@@ -97,7 +97,8 @@ def steps(c: Context) -> list[Step]:
 
     cli = [*py, "-m", "pipeline.cli"]
     size = ["--input-size", "32x40" if s.smoke else "224x224"]
-    grid = ["--precisions", "fp32,bf16", "--batch-sizes", "1,2", "--calls", "3", "--warmup", "1", "--frames", "4"] if s.smoke else ["--row-seconds", "1.5", "--budget-s", "195"]
+    grid = (["--precisions", "fp32,bf16", "--batch-sizes", "1,2", "--sdpa-kernels", "math", "--calls", "3", "--warmup", "1", "--frames", "4"]
+            if s.smoke else ["--row-seconds", "1.5", "--budget-s", "195"])
     bench = (["--precisions", "fp32", "--batch-sizes", "1,2", "--frames", "4", "--warmup", "1"] if s.smoke else
              ["--precisions", "bf16", "--batch-sizes", "1,8,32", "--frames", "120", "--warmup", "3"])
     reference = out / "calibrate" / "reference.json"
