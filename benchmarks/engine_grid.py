@@ -21,6 +21,7 @@ import gc
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -188,7 +189,8 @@ class Grid:
             self.write({**failed, "error": f"skipped: --budget-s {self.s.budget_s:g} would be passed"})
             return
         try:
-            with tf32_matmul(precision == "tf32"):
+            # fp32 rows with TF32 off or on; reduced precisions as `run` runs them (their fp32 labelling product at TF32)
+            with tf32_matmul(precision == "tf32") if precision in ("fp32", "tf32") else nullcontext():
                 row = {"kind": "engine", **self.engine_row(mode, precision, batch, sdpa), "error": None}
             m = row["model_ms"]
             print(f"  {label}: model p50 {m['p50']:.3f} p99 {m['p99']:.3f} ms, {row['frames_per_s']:.0f} frames/s, "

@@ -54,7 +54,8 @@ def fp32_matmul(precision: str) -> Iterator[None]:
 
 def cuda_float32_math() -> None:
     """TF32 for fp32 matrix products on CUDA (fp32 engines, and the labelling's one distance product and the parity
-    gate's fp32 reference with them): the one place bonestream sets it; CPU math is untouched. Set through
+    gate's fp32 reference with them): the one place bonestream sets it, once something is built on CUDA (torch 2.13
+    then applies it to oneDNN's CPU matmuls in that process too). Set through
     ``set_float32_matmul_precision``, which keeps torch's legacy and newer (``fp32_precision``) flags in agreement:
     setting only the newer one makes every read of the legacy one raise on torch >= 2.9 (inductor reads it)."""
     if not _fp32_matmul_fixed:

@@ -238,7 +238,9 @@ class SinkWorker(Generic[T]):
         under its writer would corrupt it) and that frame counts as failed. Returns what went wrong."""
         self.queue.put(_END, force=True)
         timeout = self.clock.bound(timeout)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and (left := self.clock.bound(deadline - time.monotonic())) > 0:
+            self._thread.join(min(left, 0.1))  # in slices: a stop that comes during a normal close cuts it to the grace
         errors: list[str] = []
         if self._thread.is_alive() and self.clock.stopping.is_set():  # no more frames: only the one under way may finish
             pending = [i for i in self.queue.drain() if i is not _END]

@@ -224,8 +224,8 @@ class Stream:
             for frame in self.source:
                 if self.stop.is_set():
                     break
+                self.to_infer.put(frame)  # Stopped when the run closed first: then it never entered the run
                 self.summary.read += 1
-                self.to_infer.put(frame)
                 arrived()
         except Stopped:
             pass
@@ -259,6 +259,9 @@ class Stream:
                     continue
                 if result is _END:
                     return
+                if clock.stopping.is_set() and clock.left() <= 0:  # past the stop's grace: this and what follows are dropped, by id
+                    self.to_encode.dropped.extend([result.frame.id])
+                    return
                 try:
                     self._encode(result)
                 except Exception as exc:
@@ -288,9 +291,12 @@ class Stream:
     def close(self, in_flight: Sequence[Frame] = ()) -> None:
         """After the stages: what a stop's grace left queued, or still ``in_flight`` in the frame path, counts as
         dropped; outputs close (each within what is left of the grace once stopping); every frame is accounted."""
+        counted = {f["id"] for f in self.summary.failed}
         for h in (self.to_infer, self.to_encode):
-            h.dropped.extend(_frame_id(i) for i in h.drain() if i is not _END)
-        self.to_infer.dropped.extend(f.id for f in in_flight)
+            drained = [_frame_id(i) for i in h.drain() if i is not _END]
+            h.dropped.extend(drained)
+            counted.update(drained)
+        self.to_infer.dropped.extend(f.id for f in in_flight if f.id not in counted)  # once: not also drained or failed
         for worker in self.workers:
             self.summary.output_errors += worker.close(self.config.close_timeout)
         self._account()
@@ -372,6 +378,7 @@ class Pipeline:
         self.on_result = on_result
         self.clock = clock or StopClock()  # outputs that wait themselves (the lossless channel) share it
         self._in_flight: list[tuple[Stream, Frame]] = []  # the engine call under way
+        self._closed = threading.Event()  # the run is closing its hand-offs
         self._arrivals = _Arrivals()
         self._turn = 0  # the stream the next batch starts from
         self.batches: Counter[int] = Counter()  # engine calls by frames in them (before padding)
@@ -424,9 +431,12 @@ class Pipeline:
         """The frames of the next engine call: rounds over the streams until the batch is full, or until a round
         finds nothing new once ``max_batch_delay_ms`` has passed since its first frame; none once every stream ended."""
         taken: list[tuple[Stream, Frame]] = []
+        self._in_flight = taken  # in flight from the moment a frame leaves its hand-off: a stop accounts for it
         deadline = 0.0
         seen = self._arrivals.count
         while True:
+            if self._closed.is_set() or (self.clock.stopping.is_set() and self.clock.left() <= 0):  # past the grace: no further engine call
+                return taken
             had = len(taken)
             progress = self._take_round(taken)
             if taken and len(taken) >= self._limit(taken):
@@ -436,7 +446,7 @@ class Pipeline:
             if progress:
                 continue
             now = time.monotonic()
-            if all(s.ended for s in self.streams) or (taken and now >= deadline):
+            if all(s.ended for s in self.streams) or self._closed.is_set() or (taken and now >= deadline):
                 break
             seen = self._arrivals.wait(seen, deadline - now if taken else 0.1)
         if taken:
@@ -468,7 +478,6 @@ class Pipeline:
         try:
             while batch := self._gather():
                 self.batches[len(batch)] += 1
-                self._in_flight = batch
                 done = self._predict(batch)
                 inferred = time.monotonic_ns()
                 for stream in {s for s, _ in batch}:
@@ -477,6 +486,7 @@ class Pipeline:
                         stream.refuse(stream.size_error)
                 for stream, frame, prediction in done:
                     stream.to_encode.put(Result(frame, prediction, stamps={"captured": frame.capture_ns, "inferred": inferred}, model_ms=prediction.timings_ms["model_labelling"]))
+                    self._in_flight = [pair for pair in self._in_flight if pair[1] is not frame]  # handed on: no longer in flight
                 self._in_flight = []
                 self._end_streams(lambda s: s.ended)
         except Stopped:
@@ -511,13 +521,14 @@ class Pipeline:
                 while t.is_alive():  # in slices: the main thread stays free for signal handlers
                     t.join(0.2)
         finally:
+            self._closed.set()  # the batching stage takes nothing more (a surviving engine call ends there)
             for stream in self.streams:
                 stream.stop.set()
                 for h in (stream.to_infer, stream.to_encode):
                     h.close()
             for t in threads:
                 t.join(timeout=self.clock.bound(10))
-            in_flight = self._in_flight if threads[0].is_alive() else []  # an engine call the grace did not wait for
+            in_flight = list(self._in_flight)  # taken for an engine call the grace did not wait for, or not handed on
             for stream in self.streams:
                 stream.close([f for s, f in in_flight if s is stream])
                 stream.summary.wall_s = time.monotonic() - started

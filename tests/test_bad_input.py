@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import time
@@ -376,8 +377,10 @@ def test_a_command_that_would_outgrow_the_machine_is_refused_before_the_work(pha
         pytest.importorskip("ray")
     images, ref = phantom_ref
     argv = [a.format(images=images, ref=ref, tmp=tmp_path) for a in command]
+    # the host's memory rule (commands that default to a GPU would size against it, and CUDA cannot start under the cap)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                          timeout=300, preexec_fn=_cap_address_space)
+                          timeout=300, preexec_fn=_cap_address_space, env=env)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "needs about" in err or "each loads its own model" in err or "may hold about" in err, err

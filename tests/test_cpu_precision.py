@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.infer import export, openvino_backend, select
 from pipeline.infer.backend import BackendUnavailable

@@ -166,7 +166,8 @@ def test_a_stop_ends_every_stream_and_what_was_read_is_processed(engines) -> Non
     config = RunConfig()
     streams = [Stream(PhantomSource(replace(PHANTOM, n_frames=200, seed=i)), engines, [], config) for i in range(2)]
     pipeline = Pipeline.of_streams(streams, config)
-    pipeline.on_result = lambda r: pipeline.stop() if r.frame.id == 3 else None
+    # one stop (each stream has a frame 3, and a second stop() is an abort, which processes nothing more)
+    pipeline.on_result = lambda r: pipeline.stop() if r.frame.id == 3 and not pipeline.clock.stopping.is_set() else None
     pipeline.run()
     for summary in pipeline.summaries:
         assert summary.interrupted and 0 < summary.read < 200 and summary.processed == summary.published == summary.read and not summary.failed

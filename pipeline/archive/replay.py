@@ -35,7 +35,7 @@ from pipeline.archive.worker import PARTIAL, ArchiveWorker, WorkerConfig
 INSTALL = "Ray is not installed; install the archive extra: pip install 'bonestream[archive]'"
 ATTEMPTS = 2  # a recording whose worker process dies is tried once more, on a new worker
 LOCK = ".archive.lock"
-_OOM = re.compile(r"out of memory|low on memory|memory pressure|OutOfMemory", re.IGNORECASE)  # how Ray says it stopped a worker
+_OOM = re.compile(r"(?<!CUDA )out of memory|low on memory|memory pressure|OutOfMemory", re.IGNORECASE)  # how Ray says it stopped a worker (not CUDA's)
 _RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.+)$")  # a traceback's last line
 
 

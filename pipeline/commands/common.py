@@ -154,7 +154,7 @@ def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, 
     except ParityUnchecked as exc:
         if args.precision not in (None, "auto"):
             raise
-        print(f"{exc}; running fp32 instead ({precision} runs once it has passed)")
+        print(f"{exc}; running fp32 instead ({backends[0].precision} runs once it has passed)")
         build("fp32", refusal)
         return "fp32"
     return backends[0].precision

@@ -87,7 +87,16 @@ def run(args: argparse.Namespace) -> int:
     # --precision auto records a verdict for every pair `run --backend auto --precision auto` may choose
     engines = CANDIDATES[device_type] if asked == "auto" else [n for n in ENGINE_BACKENDS if n in CANDIDATES[device_type]]
     names = engines if args.backend == "auto" else [args.backend]
-    precisions = [p for p in precision_candidates(args.device)[0] if p != "fp32"] if asked == "auto" else [asked]  # fp32 needs no verdict
+    if asked == "auto":  # fp32 needs no verdict
+        precisions, lacking = precision_candidates(args.device)
+        precisions = [p for p in precisions if p != "fp32"]
+        if not precisions:
+            print("nothing to check: this device runs only fp32 natively, which needs no parity verdict")
+            for fallback in lacking:
+                print(f"  {fallback.backend}: {fallback.reason}")
+            return 0
+    else:
+        precisions = [asked]
     refused = built = 0
     for name, precision in product(names, precisions):
         if not runs_at(name, precision, args.device):

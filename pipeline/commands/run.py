@@ -10,9 +10,9 @@ import signal
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from models.errors import BonestreamError
 from pipeline.choices import DEFAULT_ADDRESS
@@ -179,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
             make_message=MessageFactory(seg, args.stream_id),
         )
         pipeline = Pipeline(source, seg, outputs, config, clock=clock)
-        _stop_on_signals(pipeline)
-        with StatusLine(pipeline_status(pipeline), enabled=args.progress):
+        with _stop_on_signals(pipeline), StatusLine(pipeline_status(pipeline), enabled=args.progress):
             summary = pipeline.run()
     return _report(args, seg, summary)
 
@@ -210,13 +209,20 @@ def file_outputs(args: argparse.Namespace, source: Source, record: Path | None, 
     return outputs
 
 
-def _stop_on_signals(pipeline: Pipeline) -> None:
-    """SIGINT/SIGTERM stop reading; what was read is still processed and every output is closed cleanly. A second
-    signal aborts: outputs are no longer waited for and what is not through yet is counted as dropped."""
+@contextmanager
+def _stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """While the pipeline runs, SIGINT/SIGTERM stop reading; what was read is still processed and every output is
+    closed cleanly. A second signal aborts: outputs are no longer waited for and what is not through yet is counted
+    as dropped. The previous handlers come back after the run (a signal while the report is written ends the process)."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: pipeline.stop())
+    previous = {sig: signal.signal(sig, lambda *_: pipeline.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_report(out_dir: Path, source: str, pace: str | float, seg, summary: RunSummary, extra: dict | None = None) -> tuple[dict, Path, Path]:

@@ -118,8 +118,7 @@ def run_streams(args: argparse.Namespace) -> int:
             print(f"publishing on {args.publish}: topics " + ", ".join(topic(s.id).decode() for s in specs) + (" with CURVE" if curve else ""))
             wait_for_subscribers(args, shared["zmq"])
         pipeline = Pipeline.of_streams(streams, _config(args), clock=clock)
-        _stop_on_signals(pipeline)
-        with StatusLine(pipeline_status(pipeline), enabled=args.progress):
+        with _stop_on_signals(pipeline), StatusLine(pipeline_status(pipeline), enabled=args.progress):
             pipeline.run()
     return _report(args, specs, streams, pipeline)
 

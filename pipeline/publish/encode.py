@@ -55,8 +55,10 @@ def _device_jpegs(images: Sequence[torch.Tensor], quality: int, ready: torch.cud
         try:
             from torchvision.io import encode_jpeg as tv_encode_jpeg
 
+            chw = [rgb.permute(2, 0, 1).contiguous() for rgb in images]  # copies on this thread's stream ...
+            torch.cuda.current_stream(images[0].device).synchronize()  # ... done before the encoder's own stream reads them
             with _nvjpeg_lock:
-                encoded = tv_encode_jpeg([rgb.permute(2, 0, 1).contiguous() for rgb in images], quality=quality)
+                encoded = tv_encode_jpeg(chw, quality=quality)
                 torch.cuda.default_stream(images[0].device).synchronize()  # torchvision copies the bytes out on stream 0
                 return [e.cpu().numpy().tobytes() for e in encoded]
         except Exception as exc:  # torchvision absent, or built without CUDA JPEG support
