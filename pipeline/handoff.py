@@ -41,15 +41,18 @@ class Handoff(Generic[T]):
         self._closed = False
 
     def put(self, item: T, *, force: bool = False, timeout: float | None = None) -> None:
-        """Add ``item``; a blocking queue waits for room (TimeoutError after ``timeout`` s, Stopped once closed)."""
+        """Add ``item``; a blocking queue waits for room (TimeoutError after ``timeout`` s). Once closed only ``force``
+        puts (end markers) go in, others raise Stopped: what the run's close drained and counted stays counted."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not force and len(self._items) >= self.maxsize:
+            while not force:
+                if self._closed:  # checked again after every wait: a close may drain the queue while this one waits
+                    raise Stopped(self.name)
+                if len(self._items) < self.maxsize:
+                    break
                 if self.drop_oldest:
                     self.dropped.append(self.frame_id(self._items.popleft()))
                     break
-                if self._closed:
-                    raise Stopped(self.name)
                 remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"{self.name}: no room for {timeout} s")

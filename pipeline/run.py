@@ -379,6 +379,7 @@ class Pipeline:
         self.clock = clock or StopClock()  # outputs that wait themselves (the lossless channel) share it
         self._in_flight: list[tuple[Stream, Frame]] = []  # the engine call under way
         self._closed = threading.Event()  # the run is closing its hand-offs
+        self._taking = threading.Lock()  # a frame is taken for an engine call, or the run closes: never both at once
         self._arrivals = _Arrivals()
         self._turn = 0  # the stream the next batch starts from
         self.batches: Counter[int] = Counter()  # engine calls by frames in them (before padding)
@@ -435,10 +436,11 @@ class Pipeline:
         deadline = 0.0
         seen = self._arrivals.count
         while True:
-            if self._closed.is_set() or (self.clock.stopping.is_set() and self.clock.left() <= 0):  # past the grace: no further engine call
-                return taken
-            had = len(taken)
-            progress = self._take_round(taken)
+            with self._taking:  # a frame taken is in flight before the run can close (and account for it)
+                if self._closed.is_set() or (self.clock.stopping.is_set() and self.clock.left() <= 0):  # past the grace: no further call
+                    return taken
+                had = len(taken)
+                progress = self._take_round(taken)
             if taken and len(taken) >= self._limit(taken):
                 break
             if taken and not had:
@@ -521,7 +523,8 @@ class Pipeline:
                 while t.is_alive():  # in slices: the main thread stays free for signal handlers
                     t.join(0.2)
         finally:
-            self._closed.set()  # the batching stage takes nothing more (a surviving engine call ends there)
+            with self._taking:
+                self._closed.set()  # the batching stage takes nothing more (a surviving engine call ends there)
             for stream in self.streams:
                 stream.stop.set()
                 for h in (stream.to_infer, stream.to_encode):

@@ -105,7 +105,7 @@ class TorchBackend(StagedBackend):
         try:
             self.compute = ready(compute, self.staging.input)
         except RuntimeError as exc:
-            if self.sdpa == "auto" or "No available kernel" not in str(exc):
+            if self.sdpa == "auto" or not any(words in str(exc) for words in ("No available kernel", "No viable backend")):
                 raise
             # a forced kernel that cannot run these shapes, dtype or device ("No available kernel"): one line, not a traceback
             raise BackendUnavailable(f"--sdpa {self.sdpa}: {str(exc).splitlines()[0]}") from None
