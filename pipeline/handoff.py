@@ -129,6 +129,11 @@ class StopClock:
             return 0.0
         return max(0.0, self._deadline - time.monotonic())
 
+    @property
+    def expired(self) -> bool:
+        """The grace is over (or the run was aborted): nothing more is started, what is left is dropped by id."""
+        return self.left() <= 0
+
     def bound(self, timeout: float) -> float:
         """``timeout`` cut to what is left of the grace."""
         return min(timeout, self.left())

@@ -254,12 +254,12 @@ class Stream:
                 try:
                     result = self.to_encode.get(timeout=0.2)
                 except TimeoutError:
-                    if clock.stopping.is_set() and clock.left() <= 0:  # e.g. inference wedged: the run ends all the same
+                    if clock.expired:  # e.g. inference wedged: the run ends all the same
                         return
                     continue
                 if result is _END:
                     return
-                if clock.stopping.is_set() and clock.left() <= 0:  # past the stop's grace: this and what follows are dropped, by id
+                if clock.expired:  # past the stop's grace: this and what follows are dropped, by id
                     self.to_encode.dropped.extend([result.frame.id])
                     return
                 try:
@@ -437,7 +437,7 @@ class Pipeline:
         seen = self._arrivals.count
         while True:
             with self._taking:  # a frame taken is in flight before the run can close (and account for it)
-                if self._closed.is_set() or (self.clock.stopping.is_set() and self.clock.left() <= 0):  # past the grace: no further call
+                if self._closed.is_set() or self.clock.expired:  # past the grace: no further engine call
                     return taken
                 had = len(taken)
                 progress = self._take_round(taken)
@@ -448,7 +448,7 @@ class Pipeline:
             if progress:
                 continue
             now = time.monotonic()
-            if all(s.ended for s in self.streams) or self._closed.is_set() or (taken and now >= deadline):
+            if all(s.ended for s in self.streams) or (taken and now >= deadline):
                 break
             seen = self._arrivals.wait(seen, deadline - now if taken else 0.1)
         if taken:

@@ -132,21 +132,17 @@ def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, 
     candidates that passed."""
     from pipeline.commands.export import calibration_frames
     from pipeline.infer.cache import EngineCache
-    from pipeline.infer.gate import ParityRefused, ParityUnchecked, gate
+    from pipeline.infer.gate import ParityUnchecked, gate, refusal
 
     precision = precision_for(args)
     sources = getattr(args, "calibration_sources", None)
     frames = calibration_frames(sources, reference) if sources and precision != "fp32" else None
     cache = EngineCache(getattr(args, "cache_dir", None))
 
-    def refusal(backend: Backend) -> str | None:
-        try:
-            gate(backend, backend.deployment, cache, frames, reference.calibration_labels)
-        except (ParityRefused, ParityUnchecked) as exc:
-            return str(exc)
-        return None
+    def refused(backend: Backend) -> str | None:
+        return refusal(backend, backend.deployment, cache, frames, reference.calibration_labels)
 
-    backends = build(precision, refusal)
+    backends = build(precision, refused)
     try:
         for backend in backends:
             if (result := gate(backend, backend.deployment, cache, frames, reference.calibration_labels)) is not None:
@@ -155,7 +151,7 @@ def gated(args: argparse.Namespace, reference: Reference, build: Callable[[str, 
         if args.precision not in (None, "auto"):
             raise
         print(f"{exc}; running fp32 instead ({backends[0].precision} runs once it has passed)")
-        build("fp32", refusal)
+        build("fp32", refused)
         return "fp32"
     return backends[0].precision
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from models.errors import BonestreamError
-from pipeline.infer.deployment import Deployment
 from models.placement import sdpa_context
+from pipeline.infer.deployment import Deployment
 from pipeline.infer.graph import check_precision, engine_module
 from pipeline.infer.staging import Compute, StagedBackend, Staging, ready
 

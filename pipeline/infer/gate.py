@@ -17,7 +17,6 @@ from pipeline.infer.backend import Backend
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.deployment import Deployment
 from pipeline.infer.parity import ParityResult, ParityThresholds, check_parity, record_verdict, recorded_verdict
-from pipeline.infer.select import BackendSpec, make_backend
 
 GATED_PRECISIONS = ("fp16", "bf16", "int8")  # every reduced precision; fp32 is the reference
 
@@ -37,7 +36,7 @@ def recorded_result(verdict: dict) -> ParityResult:
     return ParityResult(**values)
 
 
-def gate(backend: Backend, deployment: Deployment, cache: EngineCache, frames: np.ndarray | None, calibration_labels: np.ndarray) -> ParityResult | None:
+def gate(backend: Backend, deployment: Deployment, cache: EngineCache, frames: np.ndarray | None, calibration_labels: np.ndarray | None) -> ParityResult | None:
     """The verdict ``backend`` runs on (None for fp32, the reference). ``frames``: the calibration
     frames' planes, or None to rely on a verdict recorded by ``bonestream export`` or an earlier run. Raises
     ParityRefused (one line with the figures) or ParityUnchecked."""
@@ -52,9 +51,20 @@ def gate(backend: Backend, deployment: Deployment, cache: EngineCache, frames: n
             "--calibration-sources with the sources the reference was calibrated on, or run `bonestream export` with them first"
         )
     else:
+        from pipeline.infer.select import BackendSpec, make_backend  # select's auto takes this gate: imported when used
+
         keys = make_backend(BackendSpec(backend.name, backend.device, backend.precision, backend.batch, "keys", getattr(backend, "sdpa", "auto")), deployment, cache)
         result = check_parity(backend, keys, deployment, frames, calibration_labels=calibration_labels)
         record_verdict(cache, deployment, backend, result)
     if not result.passed:
         raise ParityRefused(result.describe())
     return result
+
+
+def refusal(backend: Backend, deployment: Deployment, cache: EngineCache, frames: np.ndarray | None, calibration_labels: np.ndarray | None) -> str | None:
+    """``gate`` as ``auto`` asks it (select.Gate): why ``backend`` may not run, or None when it may."""
+    try:
+        gate(backend, deployment, cache, frames, calibration_labels)
+    except (ParityRefused, ParityUnchecked) as exc:
+        return str(exc)
+    return None

@@ -21,6 +21,7 @@ from pipeline.infer.backend import Backend, BackendUnavailable, TorchBackend, re
 from pipeline.infer.cache import EngineCache
 from pipeline.infer.cpu_features import cpu_features
 from pipeline.infer.deployment import Deployment
+from pipeline.infer.gate import refusal
 from pipeline.infer.onnx_backend import OnnxRuntimeBackend
 from pipeline.infer.openvino_backend import OpenVinoBackend
 from pipeline.infer.parity import recorded_verdict
@@ -112,17 +113,6 @@ def time_backend(backend: Backend, frames: np.ndarray, trials: int = TRIALS) -> 
     return statistics.median(times)
 
 
-def recorded_gate(deployment: Deployment, cache: EngineCache) -> Gate:
-    """The gate without frames to check on: a reduced-precision engine passes only with a passing recorded verdict."""
-
-    def refusal(backend: Backend) -> str | None:
-        if recorded_verdict(cache, deployment, backend) is None:  # a failed verdict was refused by usable_backend
-            return f"{backend.name} {backend.precision}: no parity verdict recorded (run `bonestream export` with the calibration sources)"
-        return None
-
-    return refusal
-
-
 def precision_candidates(device: str) -> tuple[list[str], list[Fallback]]:
     """What ``--precision auto`` tries on ``device``: fp32 (the reference) and every reduced precision that runs
     natively there; on a CPU the others are fallbacks that say which unit is missing (cpu_features)."""
@@ -157,7 +147,7 @@ def select_backend(
     passes and otherwise keeps the fastest (the caller's gate then stops or falls back, naming why).
     """
     cache = cache or EngineCache()
-    gate = gate or recorded_gate(deployment, cache)
+    gate = gate or (lambda backend: refusal(backend, deployment, cache, None, None))  # no frames: recorded verdicts only
     if spec.name != "auto" and spec.precision != "auto":
         return Selection(usable_backend(spec, deployment, cache), spec.name)
     names = CANDIDATES[torch.device(spec.device).type] if spec.name == "auto" else (spec.name,)
